@@ -1,0 +1,37 @@
+"""adapt: parameter-efficient adaptation of pretrained transformers, driven by plugins.
+
+This module is the public API that plugins import: `hookimpl` to mark hook implementations, the types
+they receive or return, the errors they may raise and the atomic-write helpers.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("adapt")
+
+from adapt.data import from_pretrained_cached  # noqa: E402
+from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
+from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
+from adapt.modeling import head_module_names  # noqa: E402
+from adapt.types import Kind, Metrics, NoOptions, PluginInfo, Run, Table  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptError",
+    "Kind",
+    "Metrics",
+    "NoOptions",
+    "PluginError",
+    "PluginInfo",
+    "RecipeError",
+    "Run",
+    "Table",
+    "atomic_dir",
+    "atomic_write_json",
+    "atomic_write_text",
+    "from_pretrained_cached",
+    "head_module_names",
+    "hookimpl",
+]

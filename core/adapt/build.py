@@ -1,0 +1,109 @@
+"""From a validated recipe to a Run whose model has every method applied (used by `run` and `check`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapt.data import from_pretrained_cached, load_splits
+from adapt.errors import AdaptError
+from adapt.hooks import Hooks
+from adapt.manager import Catalogue
+from adapt.recipe import Recipe
+from adapt.types import Run
+
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    stage: str  # "base" (the head's model) or the name of the method just applied
+    trainable: int
+    total: int
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def make_accelerator(recipe: Recipe):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # Accelerate keeps process-wide singletons; a second run in the same process (a sweep, a test)
+    # may use another precision or accumulation. The distributed PartialState is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    if recipe.train.precision == "fp16" and not torch.cuda.is_available():
+        raise AdaptError("train.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on a CPU")
+    return Accelerator(
+        mixed_precision=PRECISIONS[recipe.train.precision],
+        gradient_accumulation_steps=recipe.train.grad_accum_steps,
+        # The core steps the scheduler itself, once per optimizer step, whatever the process count.
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def load_tokenizer(recipe: Recipe):
+    from transformers import AutoTokenizer
+
+    return from_pretrained_cached(
+        AutoTokenizer.from_pretrained,
+        recipe.model.name,
+        key="model.name",
+        revision=recipe.model.revision,
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+
+
+def start_run(recipe: Recipe, catalogue: Catalogue) -> tuple[Run, Hooks]:
+    """Register the recipe's plugins, configure them and load tokenizer and data (no model yet)."""
+    from accelerate.utils import set_seed
+
+    hooks = Hooks(catalogue.manager(recipe))
+    hooks.configure(recipe=recipe)
+    run = Run(recipe=recipe, accelerator=make_accelerator(recipe), output_dir=Path(recipe.output.dir))
+    set_seed(recipe.train.seed)
+    run.tokenizer = load_tokenizer(recipe)
+    run.dataset = load_splits(recipe.data, seed=recipe.train.seed)
+    return run, hooks
+
+
+def load_base_model(run: Run, hooks: Hooks) -> None:
+    kwargs = {
+        "revision": run.recipe.model.revision,
+        "trust_remote_code": run.recipe.model.trust_remote_code,
+        "dtype": _dtype(run.recipe.model.dtype),
+    }
+    kwargs.update(hooks.model_load_kwargs(run=run))
+    run.model = hooks.load_model(run=run, load_kwargs=kwargs)
+
+
+def build_model(run: Run, hooks: Hooks) -> list[ParamCount]:
+    """Load the head's model and apply each method in order; the parameter counts after each stage."""
+    load_base_model(run, hooks)
+    counts = [ParamCount("base", *count_parameters(run.model))]
+    for method in run.recipe.methods:
+        hooks.transform_model(run=run, plugin=method)
+        counts.append(ParamCount(method, *count_parameters(run.model)))
+    return counts
+
+
+def restore_model(run: Run, hooks: Hooks, directory: Path) -> None:
+    """Load the head's model and each method's saved artifacts from a finished run's directory."""
+    load_base_model(run, hooks)
+    for method in run.recipe.methods:
+        hooks.load_artifacts(run=run, directory=directory, plugin=method)
+
+
+def _dtype(name: str):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)

@@ -1,0 +1,162 @@
+"""`adapt run | check | plugins`. Errors meant for users print as one message, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from adapt import __version__
+from adapt.errors import AdaptError, PluginError
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adapt", description="Parameter-efficient adaptation of pretrained transformers."
+    )
+    parser.add_argument("--version", action="version", version=f"adapt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_recipe(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("recipe", help="a recipe file (TOML)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe value, e.g. --set train.learning_rate=1e-3 (repeatable)",
+        )
+        p.add_argument("--traceback", action="store_true", help="show the full traceback of a plugin error")
+        return p
+
+    with_recipe("run", "train, evaluate and save a recipe's run")
+    with_recipe("check", "validate a recipe, build its model and show trainable parameters per method")
+    p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own progress bars and load reports would drown the run's progress display."""
+    if os.environ.get("ADAPT_VERBOSE"):
+        return
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def _load(args: argparse.Namespace):
+    from adapt.manager import Catalogue
+    from adapt.recipe import load_recipe
+
+    catalogue = Catalogue.discover()
+    recipe = load_recipe(args.recipe, catalogue.infos, args.overrides, broken=catalogue.broken)
+    return catalogue, recipe
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    catalogue, recipe = _load(args)
+    _quiet_libraries()
+    from adapt.trainer import run_recipe
+
+    run_recipe(recipe, catalogue)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    catalogue, recipe = _load(args)
+    _quiet_libraries()
+    from adapt.build import build_model, start_run
+
+    stdout.print(f"recipe {recipe.source}: valid (head {recipe.head}, methods {', '.join(recipe.methods)})")
+    run, hooks = start_run(recipe, catalogue)
+    stdout.print(f"data: {len(run.dataset['train']):,} train rows, {len(run.dataset['eval']):,} eval rows")
+    table = RichTable(title=f"parameters of {recipe.model.name}")
+    for column in ("after", "trainable", "total", "trainable %"):
+        table.add_column(column, justify="left" if column == "after" else "right")
+    for count in build_model(run, hooks):
+        share = 100 * count.trainable / max(count.total, 1)
+        table.add_row(count.stage, f"{count.trainable:,}", f"{count.total:,}", f"{share:.3f}")
+    stdout.print(table)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from adapt.manager import Catalogue
+
+    catalogue = Catalogue.discover()
+    pm = catalogue.listing_manager()
+    rows = []
+    for entry in catalogue.entries.values():
+        hooks = sorted(c.name for c in pm.get_hookcallers(pm.get_plugin(entry.name)) or [])
+        rows.append(
+            {
+                "name": entry.name,
+                "kind": entry.info.kind,
+                "summary": entry.info.summary,
+                "version": entry.version,
+                "distribution": entry.distribution,
+                "origin": entry.origin,
+                "module": entry.value,
+                "hooks": hooks,
+            }
+        )
+    broken = [{"name": n, "error": e} for n, e in catalogue.broken.items()]
+    if args.json:
+        print(json.dumps({"plugins": rows, "broken": broken}, indent=2))
+        return 0
+    table = RichTable(title="adapt plugins", caption="hooks are shown without their adapt_ prefix")
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("from")
+    table.add_column("hooks", overflow="fold")
+    for row in rows:
+        source = f"{row['distribution']} {row['version']}" if row["distribution"] else ""
+        source = f"{source} ({row['origin']})".strip()
+        hooks = ", ".join(h.removeprefix("adapt_") for h in row["hooks"])
+        table.add_row(row["name"], row["kind"], source, f"{row['summary']}\n[dim]{hooks}[/dim]")
+    stdout.print(table)
+    for item in broken:
+        stderr.print(Text(f"broken plugin {item['name']}: {item['error']}", style="red"))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AdaptError as exc:
+        if isinstance(exc, PluginError) and getattr(args, "traceback", False):
+            raise
+        stderr.print(Text("error: ", style="bold red") + Text(str(exc)))
+        if isinstance(exc, PluginError):
+            stderr.print("(run again with --traceback for the full traceback)", style="dim")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stderr.print("interrupted", style="yellow")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

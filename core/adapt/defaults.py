@@ -1,0 +1,35 @@
+"""The core's fallback answers to "provide X" hooks, registered as plugin `adapt.defaults` with
+`trylast`, so any plugin's answer takes precedence."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapt import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from adapt.types import Run
+
+
+@hookimpl(trylast=True)
+def adapt_param_groups(run: Run) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: matrices decay, vectors (biases, norms) do not."""
+    decay, no_decay = [], []
+    for param in run.model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"name": "decay", "params": decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+@hookimpl(trylast=True)
+def adapt_compute_loss(outputs: Any) -> torch.Tensor:
+    loss = getattr(outputs, "loss", None)
+    if loss is None:
+        raise ValueError("the model returned no loss: the head's collator must put `labels` in the batch")
+    return loss

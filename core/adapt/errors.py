@@ -1,0 +1,33 @@
+"""Errors that the CLI prints as one message, without a traceback."""
+
+from __future__ import annotations
+
+
+class AdaptError(Exception):
+    """A failure with a message meant for the user. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class RecipeError(AdaptError):
+    """The recipe (or a `--set` override) is invalid. Carries every problem found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"{source}: {count} problem{'s' if count != 1 else ''} in the recipe"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+class PluginError(AdaptError):
+    """An exception raised inside a plugin's hook, attributed to that plugin and hook."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException):
+        self.plugin = plugin
+        self.hook = hook
+        self.error = error
+        detail = str(error) or type(error).__name__
+        super().__init__(f"plugin '{plugin}' failed in {hook}: {type(error).__name__}: {detail}")

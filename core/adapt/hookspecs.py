@@ -1,0 +1,244 @@
+"""Every hook a plugin can implement, in the order a run calls them.
+
+Conventions (the same as pytest's):
+- every hook name starts with ``adapt_``; the core passes arguments by keyword only, so an
+  implementation may accept any subset of a hook's parameters;
+- "provide X" hooks are ``firstresult``: the first non-None answer wins and the others are not called.
+  The core registers fallbacks for some of them (``adapt.defaults``) with ``trylast``, so a plugin only
+  implements what it wants to change;
+- observers (``adapt_on_*``) return None;
+- contribution hooks (``adapt_model_load_kwargs``, ``adapt_loss_terms``, ``adapt_summary``) collect the
+  answers of every plugin;
+- only configure-time hooks are ``historic``, so a plugin registered late still sees the configuration.
+
+Which plugins take part: method and head plugins only when the recipe names them, infrastructure
+plugins always (unless listed in ``plugins.disable``). Method hooks that act on the model
+(``adapt_transform_model``, ``adapt_load_artifacts``) are called on one method at a time, in the
+composition order, so methods never need to know about each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from datasets import DatasetDict
+
+    from adapt.recipe import Recipe
+    from adapt.types import Metrics, PluginInfo, Run
+
+hookspec = pluggy.HookspecMarker("adapt")
+
+
+# --- discovery and configuration -------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def adapt_plugin_info() -> PluginInfo:
+    """Describe this plugin: its kind, its recipe table, and how it composes with other methods.
+
+    Called once per plugin when plugins are discovered, before any recipe is read, and asked of each
+    plugin on its own. ``firstresult`` because each plugin answers only for itself. A plugin that does
+    not implement it is an always-on infrastructure plugin without options.
+
+    :return: a :class:`adapt.PluginInfo`.
+    """
+
+
+@hookspec(historic=True)
+def adapt_configure(recipe: Recipe) -> None:
+    """The recipe has been validated; nothing heavy has been loaded yet.
+
+    ``historic`` so that a plugin registered after the call (for instance by another plugin) is
+    configured too.
+
+    :param recipe: the validated recipe; ``recipe.table(name)`` gives a plugin's own table.
+    """
+
+
+# --- building the model and the data ----------------------------------------------------------------
+
+
+@hookspec
+def adapt_model_load_kwargs(run: Run) -> dict[str, Any] | None:
+    """Contribute keyword arguments to the head's ``from_pretrained`` call (``quantization_config``,
+    ``device_map``, ``attn_implementation``...).
+
+    Called once, before ``adapt_load_model``. Not ``firstresult``: the answers of every plugin are
+    merged, and two plugins setting the same key to different values is an error naming the key.
+
+    :param run: the run; ``run.tokenizer`` and ``run.dataset`` are loaded.
+    :return: a dict of keyword arguments, or None to contribute nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_load_model(run: Run, load_kwargs: dict[str, Any]) -> torch.nn.Module | None:
+    """Build the task model: the pretrained backbone named by ``[model]`` plus the head.
+
+    Called once, implemented by the recipe's head. The head also sets ``run.head_modules`` (the
+    modules it created fresh, which every method keeps trainable) and ``run.task_type``.
+    ``firstresult``: exactly one plugin builds the model.
+
+    :param run: the run; ``run.dataset`` holds the raw splits (to read label names from).
+    :param load_kwargs: merged answers of ``adapt_model_load_kwargs``; pass them to ``from_pretrained``.
+    :return: the model.
+    """
+
+
+@hookspec
+def adapt_transform_model(run: Run) -> None:
+    """Adapt the model: wrap it, freeze parameters, inject modules.
+
+    Called once per method plugin named in the recipe, one method at a time, in composition order
+    (``PluginInfo.after`` first, then recipe order), after ``adapt_load_model``. Implementations
+    replace or modify ``run.model`` in place and return None.
+
+    :param run: the run; ``run.model`` is the model as left by the previous method.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_encode(run: Run, dataset: DatasetDict) -> DatasetDict | None:
+    """Turn the raw splits into model features (``input_ids``, ``attention_mask``, ``labels``...).
+
+    Called once before training, implemented by the head. Features must not be padded: batches are
+    padded dynamically by the collator. Unknown or missing columns should raise an error naming the
+    recipe key that names the column.
+
+    :param run: the run; ``run.tokenizer`` is loaded.
+    :param dataset: the raw splits "train" and "eval".
+    :return: the encoded splits, with only columns the collator understands.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_make_collator(run: Run) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None:
+    """Provide the function that pads a list of encoded examples into a batch.
+
+    Called once before training; the head implements it. ``firstresult`` so that a plugin can
+    replace the head's collator (``tryfirst``).
+
+    :return: a picklable callable (it may run in DataLoader workers).
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_param_groups(run: Run) -> list[dict[str, Any]] | None:
+    """Provide the optimizer's parameter groups.
+
+    Called once after all methods were applied. The core's fallback puts the trainable parameters into
+    two groups, with and without weight decay (biases and norms). A plugin implementing discriminative
+    learning rates returns its own groups; a group's ``"lr"`` overrides ``train.learning_rate`` and extra
+    keys (such as ``"name"``) are kept for plugins to find their groups again.
+
+    :param run: the run; ``run.model`` is final.
+    :return: a list of ``torch.optim`` parameter-group dicts.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_make_metrics(run: Run) -> Metrics | None:
+    """Provide a fresh :class:`adapt.Metrics` accumulator for one evaluation pass.
+
+    Called at the start of every evaluation; the head implements it.
+    """
+
+
+# --- the training loop --------------------------------------------------------------------------------
+
+
+@hookspec
+def adapt_on_train_start(run: Run) -> None:
+    """Training is about to start: model, optimizer and data loaders are prepared, and
+    ``run.max_steps`` holds the number of optimizer steps."""
+
+
+@hookspec
+def adapt_on_epoch_start(run: Run, epoch: int) -> None:
+    """An epoch is starting. ``epoch`` counts from 0; ``run.step`` is the optimizer step so far."""
+
+
+@hookspec(firstresult=True)
+def adapt_compute_loss(run: Run, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
+    """Provide the task loss of one micro-batch.
+
+    Called on every forward pass in training. The core's fallback returns ``outputs.loss``; a head
+    implements it to weight classes or mask tokens.
+
+    :return: a scalar tensor.
+    """
+
+
+@hookspec
+def adapt_loss_terms(run: Run, batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, torch.Tensor] | None:
+    """Add terms to the loss (regularisation toward the pretrained weights, auxiliary losses).
+
+    Called on every forward pass in training, after ``adapt_compute_loss``. Not ``firstresult``: the
+    terms of all plugins are added to the task loss, and each is logged under its name.
+
+    :return: ``{name: scalar tensor}``, or None.
+    """
+
+
+@hookspec
+def adapt_on_step_end(run: Run) -> None:
+    """An optimizer step has been taken; ``run.step`` is its 1-based number. Called every step, so
+    implementations must be cheap (no device synchronisation)."""
+
+
+@hookspec
+def adapt_on_log(run: Run, logs: dict[str, float]) -> None:
+    """Training statistics averaged since the previous log: ``step``, ``epoch``, ``loss``, ``lr``,
+    ``samples_per_second`` and one entry per loss term. Called every ``train.log_every`` steps and at the
+    last step, on every process."""
+
+
+@hookspec
+def adapt_on_evaluate(run: Run, metrics: dict[str, float]) -> None:
+    """An evaluation pass over the eval split has finished; ``metrics`` is the head's metrics,
+    computed over all processes. Called every ``train.eval_every`` steps and after the last step."""
+
+
+@hookspec
+def adapt_save_artifacts(run: Run, directory: Path) -> None:
+    """Save what this plugin trained or needs to restore the run (an adapter, a head, a label map).
+
+    Called on the main process after training. Write under your own sub-folder of ``directory``
+    and write atomically (``adapt.atomic_dir``), so a crash never leaves half an artifact.
+    """
+
+
+@hookspec
+def adapt_load_artifacts(run: Run, directory: Path) -> None:
+    """Restore what ``adapt_save_artifacts`` wrote, on a freshly loaded base model.
+
+    Called on one method at a time in composition order, *instead of* ``adapt_transform_model``,
+    when a finished run is loaded back (for evaluation, prediction or export). Replace ``run.model``.
+    """
+
+
+@hookspec
+def adapt_summary(run: Run) -> dict[str, Any] | None:
+    """Contribute entries to ``summary.json`` (for instance the memory a quantised base saved).
+
+    Called once after the final evaluation. Entries of all plugins are merged; keys should be
+    prefixed with the plugin's name.
+    """
+
+
+@hookspec
+def adapt_on_train_error(run: Run, error: BaseException) -> None:
+    """The run failed (or was interrupted) after ``adapt_on_train_start``: close displays and files.
+    The error is raised again once every plugin has been called."""
+
+
+@hookspec
+def adapt_on_train_end(run: Run, summary: dict[str, Any]) -> None:
+    """The run has finished and ``summary.json`` has been written; ``summary`` is its content."""

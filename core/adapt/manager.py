@@ -1,0 +1,170 @@
+"""Plugin discovery (entry points of group `adapt`) and the per-run plugin manager.
+
+Built-in plugins are entry points of this distribution and are found exactly like third-party ones.
+`ADAPT_DISABLE_PLUGIN_AUTOLOAD=1` keeps only the built-ins (third-party packages stay installed but
+are not imported), as pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from adapt import defaults, hookimpl, hookspecs
+from adapt.hooks import Hooks
+from adapt.recipe import Recipe
+from adapt.types import PluginInfo
+
+ENTRY_POINT_GROUP = "adapt"
+BUILTIN_DISTRIBUTION = "adapt"
+DISABLE_AUTOLOAD_ENV = "ADAPT_DISABLE_PLUGIN_AUTOLOAD"
+HOOK_PREFIX = "adapt_"
+HOOK_NAMES = sorted(n for n in vars(hookspecs) if n.startswith(HOOK_PREFIX))
+
+
+# The options @hookimpl gives when used without arguments.
+_PLAIN_IMPL_OPTS = dict(hookimpl(lambda: None).adapt_impl)
+
+
+class AdaptPluginManager(pluggy.PluginManager):
+    """Like pytest's manager: a function named `adapt_*` is a hook implementation even without the
+    `@hookimpl` marker, so a forgotten decorator cannot silently disable a hook."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> pluggy.HookimplOpts | None:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith(HOOK_PREFIX):
+            attr = inspect.getattr_static(plugin, name, None)
+            if callable(attr) or isinstance(attr, (staticmethod, classmethod)):
+                return pluggy.HookimplOpts(**_PLAIN_IMPL_OPTS)
+        return opts
+
+
+def new_manager() -> AdaptPluginManager:
+    pm = AdaptPluginManager("adapt")
+    pm.add_hookspecs(hookspecs)
+    pm.register(defaults, name="adapt.defaults")
+    return pm
+
+
+def unknown_hooks(pm: pluggy.PluginManager, name: str) -> list[str]:
+    """Problems for hooks of plugin `name` that no spec declares, each with a suggestion."""
+    problems = []
+    for caller in pm.get_hookcallers(pm.get_plugin(name)) or []:
+        if not caller.has_spec():
+            close = difflib.get_close_matches(caller.name, HOOK_NAMES, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(f"unknown hook '{caller.name}'{hint}")
+    return problems
+
+
+@dataclass
+class PluginEntry:
+    """One discovered plugin. `factory` is what the entry point names: a module or an object is
+    registered as is, a class is instantiated afresh for every run (so plugins may keep run state)."""
+
+    name: str
+    factory: Any
+    info: PluginInfo
+    origin: str  # "built-in", "third-party" or "registered" (passed in directly, as tests do)
+    distribution: str | None = None
+    version: str | None = None
+    value: str = ""
+
+    def instantiate(self) -> Any:
+        return self.factory() if isinstance(self.factory, type) else self.factory
+
+
+def _describe(name: str, plugin: Any) -> PluginInfo:
+    """Register `plugin` alone, check its hook names and signatures, and ask it to describe itself."""
+    pm = new_manager()
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise ValueError(str(exc).replace(repr(plugin), f"'{name}'")) from None
+    problems = unknown_hooks(pm, name)
+    if problems:
+        raise ValueError("; ".join(problems))
+    pm.check_pending()
+    info = Hooks(pm).plugin_info() or PluginInfo()
+    if not isinstance(info, PluginInfo):
+        raise ValueError(f"adapt_plugin_info returned {type(info).__name__}, expected adapt.PluginInfo")
+    return info
+
+
+class Catalogue:
+    """Every plugin that can take part in a run, and those that failed to load (with why)."""
+
+    def __init__(self, entries: Iterable[PluginEntry] = (), broken: Mapping[str, str] | None = None):
+        self.entries: dict[str, PluginEntry] = {e.name: e for e in entries}
+        self.broken: dict[str, str] = dict(broken or {})
+
+    @property
+    def infos(self) -> dict[str, PluginInfo]:
+        return {name: entry.info for name, entry in self.entries.items()}
+
+    def add(self, name: str, factory: Any, origin: str = "registered", **meta: Any) -> None:
+        try:
+            info = _describe(name, factory() if isinstance(factory, type) else factory)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            self.broken[name] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+            return
+        self.entries[name] = PluginEntry(name, factory, info, origin, **meta)
+
+    @classmethod
+    def discover(cls, extra: Mapping[str, Any] | None = None) -> Catalogue:
+        """Load the `adapt` entry points (only the built-ins when autoload is disabled), plus `extra`."""
+        catalogue = cls()
+        builtins_only = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("", "0")
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else None
+            builtin = dist is not None and dist.lower() == BUILTIN_DISTRIBUTION
+            if builtins_only and not builtin:
+                continue
+            if ep.name in catalogue.entries or ep.name in catalogue.broken:
+                catalogue.broken[ep.name] = f"two installed plugins use the name '{ep.name}' ({ep.value}, and another)"
+                catalogue.entries.pop(ep.name, None)
+                continue
+            meta = {
+                "distribution": dist,
+                "version": ep.dist.version if ep.dist else None,
+                "value": ep.value,
+            }
+            try:
+                factory = ep.load()
+            except Exception as exc:  # noqa: BLE001
+                catalogue.broken[ep.name] = f"cannot import {ep.value}: {type(exc).__name__}: {exc}"
+                continue
+            catalogue.add(ep.name, factory, "built-in" if builtin else "third-party", **meta)
+        for name, plugin in (extra or {}).items():
+            catalogue.add(name, plugin)
+        return catalogue
+
+    def selected(self, recipe: Recipe) -> list[PluginEntry]:
+        """The plugins of a run: infrastructure (less the disabled), the head, then the methods.
+
+        Later registrations are called first by pluggy, so a method's firstresult answer (a collator,
+        parameter groups) takes precedence over the head's, and the head's over infrastructure's.
+        """
+        infra = [e for e in self.entries.values() if e.info.kind == "infrastructure" and e.name not in recipe.disabled]
+        return [*infra, self.entries[recipe.head], *(self.entries[m] for m in recipe.methods)]
+
+    def manager(self, recipe: Recipe) -> AdaptPluginManager:
+        pm = new_manager()
+        for entry in self.selected(recipe):
+            pm.register(entry.instantiate(), name=entry.name)
+        pm.check_pending()
+        return pm
+
+    def listing_manager(self) -> AdaptPluginManager:
+        """All plugins registered at once; only for listing which hooks each implements."""
+        pm = new_manager()
+        for entry in self.entries.values():
+            pm.register(entry.instantiate(), name=entry.name)
+        return pm

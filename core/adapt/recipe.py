@@ -1,0 +1,340 @@
+"""Recipes: TOML files validated as a whole, with every problem reported at once.
+
+A recipe has the core's tables ([model], [data], [task], [train], [output], [plugins]) and one table per
+method plugin ([methods.NAME]); the head's options live in [task] beside `head`, and infrastructure
+plugins take theirs from [plugins.NAME]. Each plugin validates its own table through the `Table` it
+declares in `adapt_plugin_info`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from adapt.errors import RecipeError
+from adapt.sections import (
+    CORE_SECTIONS,
+    DataSection,
+    ModelSection,
+    OutputSection,
+    PluginsSection,
+    TaskSection,
+    TrainSection,
+)
+from adapt.types import PluginInfo, Table
+
+TOP_LEVEL = (*CORE_SECTIONS, "methods", "plugins")
+REQUIRED_SECTIONS = ("model", "data", "task", "output")
+DATA_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. `methods` is in application order; `tables` maps every selected plugin
+    (head, methods, infrastructure) to its validated table."""
+
+    source: str
+    model: ModelSection
+    data: DataSection
+    train: TrainSection
+    output: OutputSection
+    head: str
+    methods: tuple[str, ...]
+    disabled: tuple[str, ...]
+    tables: Mapping[str, Table]
+
+    def table(self, plugin: str) -> Table:
+        try:
+            return self.tables[plugin]
+        except KeyError:
+            raise KeyError(f"no recipe table for plugin '{plugin}' (selected: {', '.join(self.tables)})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as TOML-ready data (written to the run directory)."""
+
+        def dump(table: Table) -> dict[str, Any]:
+            return table.model_dump(mode="json", exclude_none=True)
+
+        infra = {n: dump(t) for n, t in self.tables.items() if n != self.head and n not in self.methods}
+        return {
+            "model": dump(self.model),
+            "data": dump(self.data),
+            "task": {"head": self.head, **dump(self.tables[self.head])},
+            "methods": {name: dump(self.tables[name]) for name in self.methods},
+            "train": dump(self.train),
+            "output": dump(self.output),
+            "plugins": {"disable": list(self.disabled), **{n: t for n, t in infra.items() if t}},
+        }
+
+
+def load_recipe(
+    path: str | Path,
+    plugins: Mapping[str, PluginInfo],
+    overrides: Sequence[str] = (),
+    broken: Mapping[str, str] | None = None,
+) -> Recipe:
+    """Read, override and validate a recipe file. Raises RecipeError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot read the recipe: {exc.strerror or exc}"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
+    problems: list[str] = []
+    apply_overrides(raw, overrides, problems)
+    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {})
+    if problems:
+        raise RecipeError(str(path), problems)
+    assert recipe is not None
+    return recipe
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: any TOML value (numbers, booleans, lists, quoted strings), else a bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], problems: list[str]) -> None:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.learning_rate=1e-3")
+            continue
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parts[: depth + 1])
+                problems.append(f"--set {item!r}: '{where}' is a value, not a table")
+                break
+        else:
+            node[parts[-1]] = parse_value(value.strip())
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _clauses(*parts: str) -> str:
+    """Join message parts with "; ", except after a question."""
+    out = ""
+    for part in filter(None, parts):
+        out += (" " if out.endswith("?") else "; " if out else "") + part
+    return out
+
+
+def _validation_problems(where: str, model: type[Table], exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join([where, *(str(p) for p in err["loc"])])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(err["loc"][-1])
+            valid = list(model.model_fields)
+            listing = ", ".join(valid) if valid else "(this table takes no keys)"
+            out.append(f"{loc}: " + _clauses("unknown key", _suggest(key, valid), f"valid keys: {listing}"))
+        elif kind == "missing":
+            out.append(f"{loc}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = "" if kind == "value_error" else f" (got {err['input']!r})"
+            out.append(f"{loc}: {msg}{got}")
+    return out
+
+
+def _check_table(
+    where: str, model: type[Table], value: Any, problems: list[str], drop: Sequence[str] = ()
+) -> Table | None:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        return None
+    try:
+        return model.model_validate({k: v for k, v in value.items() if k not in drop})
+    except ValidationError as exc:
+        problems.extend(_validation_problems(where, model, exc))
+        return None
+
+
+def _plugin_name_problem(
+    where: str, name: str, kind: str, plugins: Mapping[str, PluginInfo], broken: Mapping[str, str]
+) -> str | None:
+    if name in broken:
+        return f"{where}: plugin '{name}' is installed but failed to load: {broken[name]}"
+    info = plugins.get(name)
+    of_kind = sorted(n for n, i in plugins.items() if i.kind == kind)
+    if info is None:
+        installed = f"installed {kind}s: {', '.join(of_kind) or 'none'} (see `adapt plugins`)"
+        return f"{where}: " + _clauses(f"no {kind} plugin named '{name}'", _suggest(name, of_kind), installed)
+    if info.kind != kind:
+        return f"{where}: '{name}' is a {info.kind} plugin, not a {kind}; installed {kind}s: {', '.join(of_kind)}"
+    return None
+
+
+def order_methods(names: Sequence[str], plugins: Mapping[str, PluginInfo]) -> list[str]:
+    """Recipe order, except that a method comes after every named method it declares in `after`."""
+    remaining = list(names)
+    ordered: list[str] = []
+    while remaining:
+        for name in remaining:
+            if all(dep not in remaining for dep in plugins[name].after if dep != name):
+                ordered.append(name)
+                remaining.remove(name)
+                break
+        else:  # a cycle of `after` declarations: keep the recipe's order
+            ordered.extend(remaining)
+            break
+    return ordered
+
+
+def _output_problem(output: OutputSection) -> str | None:
+    target = Path(output.dir)
+    if target.exists() and not target.is_dir():
+        return f"output.dir: '{target}' exists and is not a directory"
+    if output.overwrite or not target.is_dir():
+        return None
+    held = sorted(p.name for p in target.iterdir())
+    if not held:
+        return None
+    shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+    return (
+        f"output.dir: '{target}' already holds an earlier run ({shown}); choose another directory "
+        "or replace it with --set output.overwrite=true"
+    )
+
+
+def _data_file_problems(data: DataSection) -> list[str]:
+    out = []
+    for key in ("train_file", "eval_file"):
+        value = getattr(data, key)
+        if value is None:
+            continue
+        file = Path(value)
+        if file.suffix.lower() not in DATA_SUFFIXES:
+            out.append(f"data.{key}: unsupported file type '{file.suffix}'; use one of {', '.join(DATA_SUFFIXES)}")
+        elif not file.is_file():
+            out.append(f"data.{key}: no such file '{value}' (looked in {file.resolve().parent})")
+    return out
+
+
+def validate(
+    raw: dict[str, Any],
+    plugins: Mapping[str, PluginInfo],
+    problems: list[str],
+    *,
+    source: str,
+    broken: Mapping[str, str],
+) -> Recipe | None:
+    """Validate everything that can be checked without loading a model or data; append to `problems`."""
+    for key in raw:
+        if key not in TOP_LEVEL:
+            valid = f"valid tables: {', '.join(TOP_LEVEL)}"
+            problems.append(f"[{key}]: " + _clauses("unknown table", _suggest(key, TOP_LEVEL), valid))
+
+    core = {}
+    for name, model in CORE_SECTIONS.items():
+        if name not in raw:
+            if name in REQUIRED_SECTIONS:
+                problems.append(f"[{name}]: required table is missing")
+            continue
+        core[name] = _check_table(name, model, raw[name], problems)
+
+    tables: dict[str, Table] = {}
+    task = core.get("task")
+    head = task.head if isinstance(task, TaskSection) else None
+    if head is not None:
+        problem = _plugin_name_problem("task.head", head, "head", plugins, broken)
+        if problem:
+            problems.append(problem)
+            head = None
+        else:
+            table = _check_table("task", plugins[head].table, raw["task"], problems, drop=("head",))
+            if table is not None:
+                tables[head] = table
+
+    raw_methods = raw.get("methods", {})
+    methods: list[str] = []
+    if not isinstance(raw_methods, dict):
+        problems.append(f"methods: expected tables like [methods.lora], got {raw_methods!r}")
+        raw_methods = {}
+    if not raw_methods:
+        known = sorted(n for n, i in plugins.items() if i.kind == "method")
+        problems.append(
+            f"[methods]: name at least one method table, e.g. [methods.lora]; installed: {', '.join(known)}"
+        )
+    for name, value in raw_methods.items():
+        problem = _plugin_name_problem(f"methods.{name}", name, "method", plugins, broken)
+        if problem:
+            problems.append(problem)
+            continue
+        methods.append(name)
+        table = _check_table(f"methods.{name}", plugins[name].table, value, problems)
+        if table is not None:
+            tables[name] = table
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            reason = plugins[a].conflicts.get(b) or plugins[b].conflicts.get(a)
+            if reason:
+                problems.append(f"methods: '{a}' cannot be combined with '{b}': {reason}")
+
+    section = _check_table("plugins", PluginsSection, raw.get("plugins", {}), problems)
+    disabled = tuple(section.disable) if section else ()
+    infra = {n for n, i in plugins.items() if i.kind == "infrastructure"}
+    for name in disabled:
+        if name not in infra:
+            problems.append(
+                "plugins.disable: "
+                + _clauses(
+                    f"'{name}' is not an infrastructure plugin",
+                    _suggest(name, sorted(infra)),
+                    f"infrastructure plugins: {', '.join(sorted(infra))}",
+                )
+            )
+    extra = section.model_extra if section else {}
+    for name in extra or {}:
+        if name not in infra:
+            problems.append(
+                f"plugins.{name}: "
+                + _clauses(f"no infrastructure plugin named '{name}'", _suggest(name, sorted(infra)))
+            )
+    for name in sorted(infra - set(disabled)):
+        table = _check_table(f"plugins.{name}", plugins[name].table, (extra or {}).get(name), problems)
+        if table is not None:
+            tables[name] = table
+
+    data, output = core.get("data"), core.get("output")
+    if isinstance(data, DataSection):
+        problems.extend(_data_file_problems(data))
+    if isinstance(output, OutputSection):
+        problem = _output_problem(output)
+        if problem:
+            problems.append(problem)
+
+    if problems:
+        return None
+    return Recipe(
+        source=source,
+        model=core["model"],
+        data=core["data"],
+        train=core.get("train") or TrainSection(),
+        output=core["output"],
+        head=head,
+        methods=tuple(order_methods(methods, plugins)),
+        disabled=disabled,
+        tables=tables,
+    )

@@ -1,0 +1,100 @@
+"""The core's own recipe tables: [model], [data], [task], [train], [output], [plugins]."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from adapt.types import Table
+
+
+class ModelSection(Table):
+    #: A hub id ("sentence-transformers/all-MiniLM-L6-v2") or a local folder.
+    name: str = Field(min_length=1)
+    revision: str | None = None
+    #: Weights' dtype when loading; "auto" keeps the checkpoint's.
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    #: Only ever true when the recipe says so.
+    trust_remote_code: bool = False
+
+
+class DataSection(Table):
+    #: A hub dataset id or a local folder that `datasets.load_dataset` understands ...
+    dataset: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    #: ... or local files (.tsv, .csv, .jsonl, .json, .parquet), relative to the working directory.
+    train_file: str | None = None
+    eval_file: str | None = None
+    #: Keep a random subset of the training split (seeded by train.seed) / the first N eval rows.
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    #: Longer inputs are truncated to this many tokens.
+    max_length: int = Field(default=256, ge=8)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        has_files = self.train_file is not None or self.eval_file is not None
+        if self.dataset is None and not has_files:
+            raise ValueError("set either 'dataset' (a hub id or folder) or 'train_file' and 'eval_file'")
+        if self.dataset is not None and has_files:
+            raise ValueError("set 'dataset' or 'train_file'/'eval_file', not both")
+        if has_files and (self.train_file is None or self.eval_file is None):
+            raise ValueError("with local files, set both 'train_file' and 'eval_file'")
+        return self
+
+
+class TrainSection(Table):
+    epochs: float = Field(default=1.0, gt=0)
+    #: Stop after this many optimizer steps (overrides epochs when smaller).
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    grad_accum_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    #: Evaluate every N optimizer steps (and always after the last step).
+    eval_every: int | None = Field(default=None, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    seed: int = 42
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: Length-grouped batches: shuffle, sort within pools of `length_pool` batches, shuffle the batches.
+    group_by_length: bool = True
+    length_pool: int = Field(default=64, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class OutputSection(Table):
+    dir: str = Field(min_length=1)
+    #: Replace the files of an earlier run in `dir`. Without it, a non-empty `dir` is an error.
+    overwrite: bool = False
+    save_artifacts: bool = True
+
+
+class TaskSection(Table):
+    """Only `head` is the core's; the head plugin's table validates the other keys of [task]."""
+
+    model_config = Table.model_config | {"extra": "allow"}
+    head: str = Field(min_length=1)
+
+
+class PluginsSection(Table):
+    """Only `disable` is the core's; `[plugins.NAME]` sub-tables belong to infrastructure plugins."""
+
+    model_config = Table.model_config | {"extra": "allow"}
+    disable: list[str] = []
+
+
+CORE_SECTIONS: dict[str, type[Table]] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "task": TaskSection,
+    "train": TrainSection,
+    "output": OutputSection,
+}

@@ -1,0 +1,115 @@
+"""Types that plugins see: recipe tables, plugin descriptions, the run context and the metrics protocol."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from datasets import DatasetDict
+
+    from adapt.recipe import Recipe
+
+Kind = Literal["method", "head", "infrastructure"]
+
+
+class Table(BaseModel):
+    """Base class for a recipe table. Unknown keys are errors, values are validated, instances are frozen.
+
+    A plugin subclasses it and declares its keys with types, defaults and pydantic `Field` bounds;
+    the recipe loader validates every table before anything heavy loads and reports all problems at once.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class NoOptions(Table):
+    """The table of a plugin that takes no options."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What a plugin says about itself through `adapt_plugin_info`.
+
+    kind: "method" and "head" plugins take part in a run only when the recipe names them;
+        "infrastructure" plugins are always on unless the recipe lists them in `plugins.disable`.
+    table: the schema of the plugin's recipe table (`[methods.NAME]`, the `[task]` table of a head,
+        or `[plugins.NAME]`).
+    summary: one line for `adapt plugins`.
+    after: methods that, when the recipe also names them, must be applied before this one
+        (an 8-bit base must be loaded before LoRA wraps it).
+    conflicts: method name -> why the two cannot be combined; checked when the recipe is validated.
+    """
+
+    kind: Kind = "infrastructure"
+    table: type[Table] = NoOptions
+    summary: str = ""
+    after: tuple[str, ...] = ()
+    conflicts: Mapping[str, str] = field(default_factory=dict)
+
+
+class Metrics(Protocol):
+    """Evaluation metrics of a head, built fresh for each evaluation by `adapt_make_metrics`.
+
+    The trainer calls `batch_stats` on every evaluation batch of this process, gathers the returned
+    tensors across processes (first dimension = examples; other dimensions are padded with -100), passes
+    them to `update`, and finally reads `compute`.
+    """
+
+    def batch_stats(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def update(self, stats: dict[str, torch.Tensor]) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+@dataclass
+class Run:
+    """Everything one run shares with its plugins. The core fills fields as the run advances.
+
+    Plugins read what they need and may replace `model` (in `adapt_transform_model` and
+    `adapt_load_artifacts`). Fields that are not set yet are None.
+    """
+
+    recipe: Recipe
+    accelerator: Accelerator
+    output_dir: Path
+    tokenizer: Any = None
+    #: Raw splits "train" and "eval" as loaded from the recipe's [data] table.
+    dataset: DatasetDict | None = None
+    #: The same splits after the head's `adapt_encode`.
+    encoded: DatasetDict | None = None
+    model: torch.nn.Module | None = None
+    #: Top-level module names the head created fresh (e.g. "classifier"). Methods keep them
+    #: trainable and save them with their artifacts.
+    head_modules: list[str] = field(default_factory=list)
+    #: PEFT's name for the head's task ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", ...), or None.
+    task_type: str | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    #: Optimizer steps taken so far and the run's total.
+    step: int = 0
+    max_steps: int = 0
+    epoch: int = 0
+    samples_seen: int = 0
+    started_at: float = field(default_factory=time.perf_counter)
+
+    def table(self, plugin: str) -> Table:
+        """The validated recipe table of `plugin` (its defaults when the recipe has none)."""
+        return self.recipe.table(plugin)
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The model without Accelerate's distributed/compile wrappers (what `save_pretrained` needs)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process

@@ -1,0 +1,68 @@
+"""LoRA through PEFT: low-rank updates on chosen linear layers; the head stays fully trainable.
+
+The artifact is PEFT's own adapter folder, so `PeftModel.from_pretrained(base_with_head, run_dir/"adapter")`
+restores the trained model (the head is saved as one of PEFT's `modules_to_save`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from adapt import PluginInfo, Run, Table, atomic_dir, hookimpl
+from pydantic import Field
+
+ADAPTER_DIR = "adapter"
+
+
+class LoraTable(Table):
+    r: int = Field(default=8, ge=1, description="rank of the update matrices")
+    alpha: float = Field(default=16, gt=0, description="scaling numerator: updates are scaled by alpha / r")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: Module names (suffixes) to adapt, or "all-linear" for every linear layer but the output one.
+    target_modules: list[str] | Literal["all-linear"] = ["query", "value"]
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    #: Extra modules to train fully and save, beyond the head's own.
+    modules_to_save: list[str] = []
+
+
+@hookimpl
+def adapt_plugin_info() -> PluginInfo:
+    return PluginInfo(kind="method", table=LoraTable, summary="LoRA low-rank adapters (PEFT)")
+
+
+def lora_config(run: Run):
+    from peft import LoraConfig
+
+    table: LoraTable = run.table("lora")
+    return LoraConfig(
+        r=table.r,
+        lora_alpha=table.alpha,
+        lora_dropout=table.dropout,
+        target_modules=table.target_modules,
+        bias=table.bias,
+        use_rslora=table.use_rslora,
+        modules_to_save=[*run.head_modules, *table.modules_to_save] or None,
+        task_type=run.task_type,
+    )
+
+
+@hookimpl
+def adapt_transform_model(run: Run) -> None:
+    from peft import get_peft_model
+
+    run.model = get_peft_model(run.model, lora_config(run))
+
+
+@hookimpl
+def adapt_save_artifacts(run: Run, directory: Path) -> None:
+    with atomic_dir(directory / ADAPTER_DIR) as tmp:
+        run.unwrapped_model.save_pretrained(tmp, save_embedding_layers=False)
+
+
+@hookimpl
+def adapt_load_artifacts(run: Run, directory: Path) -> None:
+    from peft import PeftModel
+
+    run.model = PeftModel.from_pretrained(run.model, directory / ADAPTER_DIR)

@@ -1,0 +1,50 @@
+"""Metrics log: one JSON object per line in RUN_DIR/metrics.jsonl, for training logs and evaluations."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from adapt import PluginInfo, Run, hookimpl
+
+FILE_NAME = "metrics.jsonl"
+
+
+class MetricsLog:
+    """One instance per run: it owns the open log file (appends are line-buffered and flushed)."""
+
+    def __init__(self) -> None:
+        self.file: IO[str] | None = None
+
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(kind="infrastructure", summary=f"writes {FILE_NAME}: train logs and eval metrics")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    @hookimpl
+    def adapt_on_train_start(self, run: Run) -> None:
+        if run.is_main_process:
+            run.output_dir.mkdir(parents=True, exist_ok=True)
+            self.file = open(run.output_dir / FILE_NAME, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    @hookimpl
+    def adapt_on_log(self, logs: dict[str, float]) -> None:
+        self._write({"kind": "train", **logs})
+
+    @hookimpl
+    def adapt_on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
+        self._write({"kind": "eval", "step": run.step, **metrics})
+
+    @hookimpl
+    def adapt_on_train_error(self) -> None:
+        self.adapt_on_train_end()
+
+    @hookimpl
+    def adapt_on_train_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

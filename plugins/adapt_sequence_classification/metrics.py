@@ -1,0 +1,40 @@
+"""Accuracy, macro-F1 and loss, accumulated as a confusion matrix so any eval size fits in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+class ClassificationMetrics:
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+        self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
+        self.loss_sum = 0.0
+
+    def batch_stats(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = outputs.logits.float()
+        labels = batch["labels"]
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return {"pred": logits.argmax(-1), "label": labels, "loss": loss}
+
+    def update(self, stats: dict[str, torch.Tensor]) -> None:
+        k = self.num_labels
+        pairs = stats["label"].cpu() * k + stats["pred"].cpu()
+        self.confusion += torch.bincount(pairs, minlength=k * k).view(k, k)
+        self.loss_sum += float(stats["loss"].sum())
+
+    def compute(self) -> dict[str, float]:
+        confusion = self.confusion.double()
+        total = confusion.sum()
+        true_pos = confusion.diag()
+        predicted, actual = confusion.sum(0), confusion.sum(1)
+        present = (predicted + actual) > 0  # like scikit-learn: classes seen in labels or predictions
+        f1 = torch.where(present, 2 * true_pos / (predicted + actual).clamp(min=1), torch.zeros_like(true_pos))
+        return {
+            "accuracy": float(true_pos.sum() / total) if total else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "loss": self.loss_sum / float(total) if total else 0.0,
+        }

@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny BERT built from a config, a learnable toy dataset, and recipe writing."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+GOOD = ["good", "great", "fine", "superb", "lovely"]
+BAD = ["bad", "awful", "poor", "dull", "boring"]
+FILLER = [f"w{i}" for i in range(60)]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def toy_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences of 2-24 words; label 1 when a positive word appears, 0 when a negative one does."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.choices(FILLER, k=rng.randint(1, 23))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(GOOD if label else BAD))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with a word-level vocabulary, saved like a hub checkpoint."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {word: i for i, word in enumerate(SPECIALS + GOOD + BAD + FILLER)}
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("toy-data")
+    return {
+        "train": write_tsv(folder / "train.tsv", toy_rows(192, seed=1)),
+        "eval": write_tsv(folder / "dev.tsv", toy_rows(64, seed=2)),
+    }
+
+
+def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
+    return {
+        "model": {"name": str(model_dir)},
+        "data": {"train_file": str(data["train"]), "eval_file": str(data["eval"]), "max_length": 32},
+        "task": {"head": "sequence-classification", "text_column": "sentence", "label_column": "label"},
+        "methods": {"lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}},
+        "train": {
+            "epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 1e-2,
+            "log_every": 2,
+            "seed": 7,
+            "warmup_ratio": 0.0,
+        },
+        "output": {"dir": str(output)},
+    }
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir, toy_data):
+    """Write a recipe for the tiny model (with `changes` merged per table) and return its path."""
+
+    def write(name: str = "recipe.toml", **changes: dict) -> Path:
+        recipe = recipe_dict(tiny_model_dir, toy_data, tmp_path / "run")
+        for table, values in changes.items():
+            recipe.setdefault(table, {}).update(values)
+        path = tmp_path / name
+        path.write_text(tomli_w.dumps(recipe))
+        return path
+
+    return write

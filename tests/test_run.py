@@ -1,0 +1,129 @@
+"""`adapt run` end to end on the tiny model: the run directory, LoRA's effect, and the adapter reloading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from adapt.build import build_model, restore_model, start_run
+from adapt.cli import main
+from adapt.manager import Catalogue
+from adapt.recipe import load_recipe
+from adapt.trainer import TrainingLoop
+
+
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe(train={"eval_every": 5}))]) == 0
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "adapter",
+        "metrics.jsonl",
+        "recipe.toml",
+        "summary.json",
+    ]
+    assert sorted(p.name for p in (run_dir / "adapter").iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["epochs"] == 2.0 and summary["train_samples"] == 384
+    assert set(summary["eval"]) == {"accuracy", "macro_f1", "loss"}
+    params = summary["parameters"]
+    assert 0 < params["trainable"] < params["total"]
+    assert [s["stage"] for s in params["by_stage"]] == ["base", "lora"]
+    assert summary["train_samples_per_second"] > 0 and summary["wall_seconds"] >= summary["train_seconds"]
+    assert summary["memory"]["peak_rss_mib"] > 0
+    assert summary["padding_efficiency"] > 0.7  # length-grouped; about 0.5 for random batches of 2..24 words
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train_logs] == list(range(2, 25, 2))
+    assert [r["step"] for r in evals] == [5, 10, 15, 20, 24]
+    assert evals[-1]["accuracy"] == summary["eval"]["accuracy"]
+    assert train_logs[-1]["loss"] < train_logs[0]["loss"]  # it learns
+    resolved = (run_dir / "recipe.toml").read_text()
+    assert "[methods.lora]" in resolved and "dropout = 0.0" in resolved  # defaults written out
+    err = capsys.readouterr().err
+    assert "eval accuracy" in err and "trainable parameters" in err  # the summary table
+
+
+def trained_run(tiny_recipe, **changes):
+    catalogue = Catalogue.discover()
+    recipe = load_recipe(tiny_recipe(**changes), catalogue.infos)
+    run, hooks = start_run(recipe, catalogue)
+    build_model(run, hooks)
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    loop = TrainingLoop(run, hooks)
+    loop.train()
+    return run, hooks, before, loop
+
+
+def eval_batch(run):
+    texts = ["w1 good w2", "w3 w4 awful", "lovely", "w5 w6 w7 dull w8 w9"]
+    return dict(run.tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def test_lora_trains_adapters_and_head_and_freezes_the_rest(tiny_recipe):
+    run, _, before, _ = trained_run(tiny_recipe)
+    changed, frozen = [], []
+    for name, param in run.unwrapped_model.named_parameters():
+        (changed if not torch.equal(param, before[name]) else frozen).append(name)
+        if "lora_" in name or "modules_to_save" in name:
+            assert param.requires_grad, name
+            assert not torch.equal(param, before[name]), f"{name} did not train"
+        else:
+            assert not param.requires_grad, name
+            assert torch.equal(param, before[name]), f"frozen {name} changed"
+    assert any("classifier" in n for n in changed) and any("lora_B" in n for n in changed)
+    assert any("embeddings" in n for n in frozen)
+
+
+def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(tiny_recipe, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    run, _, _, _ = trained_run(tiny_recipe)
+    batch = eval_batch(run)
+    trained = run.unwrapped_model.eval()
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    with torch.inference_mode():
+        expected = trained(**batch).logits
+        assert torch.equal(reloaded(**batch).logits, expected)
+
+
+def test_restore_model_through_the_load_artifacts_hook(tiny_recipe, tmp_path):
+    run, _, _, loop = trained_run(tiny_recipe)
+    batch = eval_batch(run)
+    catalogue = Catalogue.discover()
+    recipe = load_recipe(tiny_recipe(), catalogue.infos, ["output.overwrite=true"])
+    restored, hooks = start_run(recipe, catalogue)
+    restore_model(restored, hooks, tmp_path / "run")
+    with torch.inference_mode():
+        assert torch.equal(restored.model.eval()(**batch).logits, run.unwrapped_model.eval()(**batch).logits)
+
+
+def test_check_prints_parameters_per_method(tiny_recipe, capsys):
+    assert main(["check", str(tiny_recipe())]) == 0
+    out = capsys.readouterr().out
+    assert "192 train rows, 64 eval rows" in out
+    assert "│ base" in out and "│ lora" in out
+
+
+def test_grad_accumulation_counts_optimizer_steps(tiny_recipe, tmp_path):
+    assert main(["run", str(tiny_recipe(train={"grad_accum_steps": 3, "epochs": 1, "log_every": 1}))]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["train_samples"] == 192  # 12 micro-batches / 3
+
+
+def test_max_steps_and_bf16_autocast(tiny_recipe, tmp_path):
+    assert main(["run", str(tiny_recipe(train={"max_steps": 3, "precision": "bf16"}))]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["precision"] == "bf16"

@@ -1,0 +1,66 @@
+"""A third-party package, really pip-installed, is discovered through its entry point and runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "adapt-hello"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """adapt-hello installed with pip into a folder of its own (the project's venv is left alone)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(FIXTURE),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+def adapt(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "PYTHONPATH": str(site), "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "adapt.cli", *args], capture_output=True, text=True, env=environ, timeout=600
+    )
+
+
+def test_installed_plugin_is_listed_with_its_distribution(site):
+    result = adapt(site, "plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    hello = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}["hello"]
+    assert hello["origin"] == "third-party"
+    assert (hello["distribution"], hello["version"]) == ("adapt-hello", "1.2.3")
+    assert hello["hooks"] == ["adapt_on_train_end", "adapt_plugin_info"]
+
+
+def test_autoload_can_be_turned_off(site):
+    result = adapt(site, "plugins", "--json", ADAPT_DISABLE_PLUGIN_AUTOLOAD="1")
+    names = {p["name"] for p in json.loads(result.stdout)["plugins"]}
+    assert "hello" not in names and "lora" in names
+
+
+def test_installed_plugin_runs_with_its_recipe_table(site, tiny_recipe, tmp_path):
+    recipe = tiny_recipe(plugins={"hello": {"greeting": "bonjour"}}, train={"epochs": 1})
+    result = adapt(site, "run", str(recipe))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "hello.json").read_text())
+    assert record == {"greeting": "bonjour", "steps": 12, "methods": ["lora"]}

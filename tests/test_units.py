@@ -1,0 +1,115 @@
+"""Small pieces: length-grouped batches, classification metrics, atomic writes, head module discovery."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+from adapt import atomic_dir, atomic_write_text, head_module_names
+from adapt.batching import LengthGroupedBatches, padding_efficiency, sorted_batches
+from adapt_sequence_classification.metrics import ClassificationMetrics
+
+
+def lengths(n=2000, seed=0):
+    rng = random.Random(seed)
+    return [rng.randint(3, 60) for _ in range(n)]
+
+
+def test_length_grouping_covers_every_example_once_and_cuts_padding():
+    lens = lengths()
+    grouped = LengthGroupedBatches(lens, 32, seed=1, pool=16)
+    plain = LengthGroupedBatches(lens, 32, seed=1, group_by_length=False)
+    for sampler in (grouped, plain):
+        batches = sampler.batches()
+        assert sorted(i for b in batches for i in b) == list(range(len(lens)))
+        assert len(batches) == len(sampler) == 63
+    assert padding_efficiency(lens, grouped.batches()) > 0.9
+    assert padding_efficiency(lens, plain.batches()) < 0.6
+
+
+def test_length_grouping_is_seeded_and_changes_per_epoch():
+    lens = lengths()
+    a, b = LengthGroupedBatches(lens, 32, seed=1), LengthGroupedBatches(lens, 32, seed=1)
+    assert a.batches() == b.batches()
+    first = a.batches()
+    a.set_epoch(1)
+    assert a.batches() != first
+    # batches are shuffled: the first batches are not simply the longest ones
+    assert Counter(max(lens[i] for i in batch) for batch in first[:5]) != Counter([60] * 5)
+
+
+def test_sorted_eval_batches_put_the_longest_first():
+    lens = [5, 50, 7, 30]
+    assert sorted_batches(lens, 2) == [[1, 3], [2, 0]]
+
+
+def metrics_from(labels, preds, num_labels):
+    metrics = ClassificationMetrics(num_labels)
+    logits = torch.nn.functional.one_hot(torch.tensor(preds), num_labels).float()
+    batch = {"labels": torch.tensor(labels)}
+    metrics.update(metrics.batch_stats(SimpleNamespace(logits=logits), batch))
+    return metrics.compute()
+
+
+def test_classification_metrics_by_hand():
+    # labels 0 0 1 1 2, predictions 0 1 1 1 0:
+    # class 0: tp 1, fp 1, fn 1 -> F1 0.5; class 1: tp 2, fp 1, fn 0 -> F1 0.8; class 2: tp 0 -> F1 0
+    result = metrics_from([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], 3)
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_macro_f1_ignores_classes_absent_from_labels_and_predictions():
+    result = metrics_from([0, 1, 1], [0, 1, 0], 4)
+    # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 1, fp 0, fn 1 -> 2/3; classes 2, 3 unseen
+    assert result["macro_f1"] == pytest.approx(2 / 3)
+
+
+def test_metrics_loss_is_the_mean_cross_entropy():
+    metrics = ClassificationMetrics(2)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    metrics.update(metrics.batch_stats(SimpleNamespace(logits=logits), {"labels": labels}))
+    expected = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert metrics.compute()["loss"] == pytest.approx(expected)
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("crash while saving")
+    assert (target / "weights").read_text() == "v1"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v2")
+    assert (target / "weights").read_text() == "v2"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary leftovers
+
+
+def test_atomic_write_text(tmp_path):
+    path = atomic_write_text(tmp_path / "a" / "summary.json", "{}")
+    assert path.read_text() == "{}"
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
+
+
+def test_head_modules_are_found_generically():
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+    )
+
+    bert = BertForSequenceClassification(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    )
+    gpt2 = GPT2ForSequenceClassification(
+        GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0)
+    )
+    assert head_module_names(bert) == ["classifier"]
+    assert head_module_names(gpt2) == ["score"]
