@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from adapt import atomic_dir, atomic_write_text, head_module_names
-from adapt.batching import LengthGroupedBatches, padding_efficiency, sorted_batches
+from adapt.batching import LengthGroupedBatches, padding_efficiency, shard_batches, sorted_batches
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
 
@@ -41,17 +41,31 @@ def test_length_grouping_is_seeded_and_changes_per_epoch():
     assert Counter(max(lens[i] for i in batch) for batch in first[:5]) != Counter([60] * 5)
 
 
+def test_eval_shards_count_every_batch_once_and_keep_processes_in_step():
+    batches = [[0], [1], [2], [3], [4]]
+    shards = [shard_batches(batches, rank, 2) for rank in range(2)]
+    assert shards[0] == ([[0], [2], [4]], [True, True, True])
+    assert shards[1] == ([[1], [3], [1]], [True, True, False])
+    counted = [b for shard, flags in shards for b, f in zip(shard, flags, strict=True) if f]
+    assert sorted(counted) == batches
+    assert shard_batches([[0]], 1, 2) == ([[0]], [False])
+    assert shard_batches([], 0, 2) == ([], [])
+
+
 def test_sorted_eval_batches_put_the_longest_first():
     lens = [5, 50, 7, 30]
     assert sorted_batches(lens, 2) == [[1, 3], [2, 0]]
 
 
 def metrics_from(labels, preds, num_labels):
-    metrics = ClassificationMetrics(num_labels)
+    """Fed in two halves to two accumulators and merged, as two processes would."""
     logits = torch.nn.functional.one_hot(torch.tensor(preds), num_labels).float()
-    batch = {"labels": torch.tensor(labels)}
-    metrics.update(metrics.batch_stats(SimpleNamespace(logits=logits), batch))
-    return metrics.compute()
+    labels = torch.tensor(labels)
+    first, second = ClassificationMetrics(num_labels), ClassificationMetrics(num_labels)
+    first.update(SimpleNamespace(logits=logits[:2]), {"labels": labels[:2]})
+    second.update(SimpleNamespace(logits=logits[2:]), {"labels": labels[2:]})
+    first.merge(second)
+    return first.compute()
 
 
 def test_classification_metrics_by_hand():
@@ -72,7 +86,7 @@ def test_metrics_loss_is_the_mean_cross_entropy():
     metrics = ClassificationMetrics(2)
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0])
-    metrics.update(metrics.batch_stats(SimpleNamespace(logits=logits), {"labels": labels}))
+    metrics.update(SimpleNamespace(logits=logits), {"labels": labels})
     expected = torch.nn.functional.cross_entropy(logits, labels).item()
     assert metrics.compute()["loss"] == pytest.approx(expected)
 

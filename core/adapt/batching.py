@@ -60,6 +60,18 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def shard_batches(batches: list[list[int]], rank: int, world: int) -> tuple[list[list[int]], list[bool]]:
+    """This process's share of `batches` (every `world`-th), and whether each batch counts.
+
+    Every process gets the same number of batches, so sharded models (FSDP) run their forward passes in
+    lockstep: a process with one batch fewer repeats its first batch, marked as not counted.
+    """
+    mine = batches[rank::world]
+    rounds = -(-len(batches) // world)
+    filler = [(mine or batches)[0]] * (rounds - len(mine)) if rounds > len(mine) else []
+    return mine + filler, [True] * len(mine) + [False] * len(filler)
+
+
 def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
     """Real tokens over padded tokens (1.0 means no padding)."""
     real = sum(lengths[i] for batch in batches for i in batch)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from adapt.batching import LengthGroupedBatches, padding_efficiency, sorted_batches
+from adapt.batching import LengthGroupedBatches, padding_efficiency, shard_batches, sorted_batches
 from adapt.build import build_model, start_run
 from adapt.hooks import Hooks
 from adapt.io import atomic_write_json, atomic_write_text
@@ -69,7 +69,11 @@ class TrainingLoop:
         )
         self.padding_efficiency = padding_efficiency(train_lengths, sampler.batches())
         eval_lengths = [len(ids) for ids in run.encoded["eval"]["input_ids"]]
-        eval_batches = sorted_batches(eval_lengths, cfg.eval_batch_size or 2 * cfg.batch_size)
+        eval_batches, self.eval_counted = shard_batches(
+            sorted_batches(eval_lengths, cfg.eval_batch_size or 2 * cfg.batch_size),
+            run.accelerator.process_index,
+            run.accelerator.num_processes,
+        )
         workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
         train_dl = DataLoader(run.encoded["train"], batch_sampler=sampler, collate_fn=collate, **workers)
         eval_dl = DataLoader(run.encoded["eval"], batch_sampler=eval_batches, collate_fn=collate, **workers)
@@ -82,7 +86,9 @@ class TrainingLoop:
         train_dl, eval_dl, sampler = self._loaders()
         groups = hooks.param_groups(run=run)
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        model, optimizer, train_dl, self.eval_dl = acc.prepare(run.model, optimizer, train_dl, eval_dl)
+        # The eval loader is sharded here, not by Accelerate: every example counts exactly once.
+        model, optimizer, train_dl = acc.prepare(run.model, optimizer, train_dl)
+        self.eval_dl = eval_dl
         run.model, run.optimizer = model, optimizer
 
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
@@ -150,16 +156,25 @@ class TrainingLoop:
         acc.wait_for_everyone()
 
     def evaluate(self) -> dict[str, float]:
+        """One pass over the eval split: each process takes its own batches, then the metrics merge."""
+        from accelerate.utils import gather_object, send_to_device
+
         run, acc = self.run, self.run.accelerator
         start = time.perf_counter()
         metrics = self.hooks.make_metrics(run=run)
         run.model.eval()
         with torch.inference_mode():
-            for batch in self.eval_dl:
-                stats = metrics.batch_stats(run.model(**batch), batch)
-                stats = acc.pad_across_processes(stats, dim=1, pad_index=-100)
-                metrics.update(acc.gather_for_metrics(stats))
+            for batch, counted in zip(self.eval_dl, self.eval_counted, strict=True):
+                batch = send_to_device(batch, acc.device)
+                outputs = run.model(**batch)
+                if counted:
+                    metrics.update(outputs, batch)
         run.model.train()
+        if acc.num_processes > 1:
+            first, *others = gather_object([metrics])
+            for other in others:
+                first.merge(other)
+            metrics = first
         result = {k: float(v) for k, v in metrics.compute().items()}
         self.eval_seconds += time.perf_counter() - start
         self.hooks.on_evaluate(run=run, metrics=result)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -58,14 +58,15 @@ class PluginInfo:
 class Metrics(Protocol):
     """Evaluation metrics of a head, built fresh for each evaluation by `adapt_make_metrics`.
 
-    The trainer calls `batch_stats` on every evaluation batch of this process, gathers the returned
-    tensors across processes (first dimension = examples; other dimensions are padded with -100), passes
-    them to `update`, and finally reads `compute`.
+    Each process feeds `update` with its own share of the eval batches (every example exactly once
+    across processes); with several processes the trainer then gathers the metric objects (pickled)
+    and `merge`s them, so any metric works, including those that need every prediction (Spearman,
+    entity-level F1). Keep state small and on the CPU.
     """
 
-    def batch_stats(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None: ...
 
-    def update(self, stats: dict[str, torch.Tensor]) -> None: ...
+    def merge(self, other: Self) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
 

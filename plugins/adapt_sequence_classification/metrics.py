@@ -14,17 +14,17 @@ class ClassificationMetrics:
         self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
         self.loss_sum = 0.0
 
-    def batch_stats(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
         logits = outputs.logits.float()
         labels = batch["labels"]
-        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        return {"pred": logits.argmax(-1), "label": labels, "loss": loss}
-
-    def update(self, stats: dict[str, torch.Tensor]) -> None:
         k = self.num_labels
-        pairs = stats["label"].cpu() * k + stats["pred"].cpu()
+        pairs = (labels * k + logits.argmax(-1)).cpu()
         self.confusion += torch.bincount(pairs, minlength=k * k).view(k, k)
-        self.loss_sum += float(stats["loss"].sum())
+        self.loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+
+    def merge(self, other: ClassificationMetrics) -> None:
+        self.confusion += other.confusion
+        self.loss_sum += other.loss_sum
 
     def compute(self) -> dict[str, float]:
         confusion = self.confusion.double()
