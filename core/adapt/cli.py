@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdaptError as exc:
         if isinstance(exc, PluginError) and getattr(args, "traceback", False):
             raise
-        stderr.print(Text("error: ", style="bold red") + Text(str(exc)))
+        stderr.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         if isinstance(exc, PluginError):
             stderr.print("(run again with --traceback for the full traceback)", style="dim")
         return exc.exit_code
