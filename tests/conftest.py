@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,16 @@ def tiny_recipe(tmp_path, tiny_model_dir, toy_data):
         return path
 
     return write
+
+
+def run_adapt(*args: str, env: dict | None = None, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`adapt ARGS` in a fresh interpreter (HF_HUB_OFFLINE and PYTHONPATH count only at start-up), optionally
+    under a launcher such as torchrun; built-in plugins only unless `env` says otherwise."""
+    environ = {**os.environ, "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
+    command = [*launcher, "-m", "adapt.cli", *args] if launcher else [sys.executable, "-m", "adapt.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environ, timeout=600)
+
+
+@pytest.fixture
+def adapt_cli():
+    return run_adapt

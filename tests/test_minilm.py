@@ -6,19 +6,16 @@ Needs `python ../shared/offline/seed_hf_cache.py` (run by .ci/run); fails, rathe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "lora-sst2.toml"
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
 @pytest.mark.slow
-def test_lora_on_minilm_learns_sst2_offline(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+def test_lora_on_minilm_learns_sst2_offline(tmp_path, adapt_cli):
     overrides = {
         "data.max_train_samples": "2000",
         "data.max_eval_samples": "400",
@@ -27,13 +24,7 @@ def test_lora_on_minilm_learns_sst2_offline(tmp_path):
         "output.dir": str(tmp_path / "run"),
     }
     args = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-    result = subprocess.run(
-        [sys.executable, "-m", "adapt.cli", "run", str(RECIPE), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = adapt_cli("run", str(RECIPE), *args, env=OFFLINE)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["model"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -56,25 +47,8 @@ def test_lora_on_minilm_learns_sst2_offline(tmp_path):
         ("data.config=cola", "data.config: cannot load dataset 'nyu-mll/glue'"),
     ],
 )
-def test_missing_hub_entries_fail_fast_offline_naming_the_key(tmp_path, override, message):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "adapt.cli",
-            "check",
-            str(RECIPE),
-            "--set",
-            override,
-            "--set",
-            f"output.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+def test_missing_hub_entries_fail_fast_offline_naming_the_key(tmp_path, adapt_cli, override, message):
+    result = adapt_cli("check", str(RECIPE), "--set", override, "--set", f"output.dir={tmp_path / 'run'}", env=OFFLINE)
     assert result.returncode == 1
     assert message in " ".join(result.stderr.split()), result.stderr
     assert "Traceback" not in result.stderr

@@ -128,25 +128,18 @@ def test_max_steps_and_bf16_autocast(tiny_recipe, tmp_path):
     assert summary["steps"] == 3 and summary["precision"] == "bf16"
 
 
-def test_same_recipe_runs_data_parallel_on_two_processes(tiny_recipe, tiny_model_dir, toy_data, tmp_path):
+def test_same_recipe_runs_data_parallel_on_two_processes(tiny_recipe, tiny_model_dir, toy_data, tmp_path, adapt_cli):
     """torchrun + Accelerate (gloo on CPU): each process takes half the batches; the eval metrics count
     every example once although 3 eval batches do not split evenly over 2 processes."""
     import os
-    import subprocess
     import sys
 
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = ["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "adapt.cli", "run"]
-    result = subprocess.run(
-        [
-            os.path.join(os.path.dirname(sys.executable), command[0]),
-            *command[1:],
-            str(tiny_recipe(data={"max_eval_samples": 40}, train={"eval_batch_size": 16})),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = adapt_cli(
+        "run",
+        str(tiny_recipe(data={"max_eval_samples": 40}, train={"eval_batch_size": 16})),
+        env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+        launcher=(torchrun, "--nproc_per_node", "2", "--master_port", "29531"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

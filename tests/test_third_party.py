@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,15 +35,16 @@ def site(tmp_path_factory) -> Path:
     return target
 
 
-def adapt(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "PYTHONPATH": str(site), "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "adapt.cli", *args], capture_output=True, text=True, env=environ, timeout=600
+@pytest.fixture
+def adapt(site: Path, adapt_cli):
+    """`adapt` with the fixture package importable and third-party autoload on."""
+    return lambda *args, **env: adapt_cli(
+        *args, env={"PYTHONPATH": str(site), "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0", **env}
     )
 
 
-def test_installed_plugin_is_listed_with_its_distribution(site):
-    result = adapt(site, "plugins", "--json")
+def test_installed_plugin_is_listed_with_its_distribution(adapt):
+    result = adapt("plugins", "--json")
     assert result.returncode == 0, result.stderr
     hello = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}["hello"]
     assert hello["origin"] == "third-party"
@@ -52,15 +52,15 @@ def test_installed_plugin_is_listed_with_its_distribution(site):
     assert hello["hooks"] == ["adapt_on_train_end", "adapt_plugin_info"]
 
 
-def test_autoload_can_be_turned_off(site):
-    result = adapt(site, "plugins", "--json", ADAPT_DISABLE_PLUGIN_AUTOLOAD="1")
+def test_autoload_can_be_turned_off(adapt):
+    result = adapt("plugins", "--json", ADAPT_DISABLE_PLUGIN_AUTOLOAD="1")
     names = {p["name"] for p in json.loads(result.stdout)["plugins"]}
     assert "hello" not in names and "lora" in names
 
 
-def test_installed_plugin_runs_with_its_recipe_table(site, tiny_recipe, tmp_path):
+def test_installed_plugin_runs_with_its_recipe_table(adapt, tiny_recipe, tmp_path):
     recipe = tiny_recipe(plugins={"hello": {"greeting": "bonjour"}}, train={"epochs": 1})
-    result = adapt(site, "run", str(recipe))
+    result = adapt("run", str(recipe))
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "run" / "hello.json").read_text())
     assert record == {"greeting": "bonjour", "steps": 12, "methods": ["lora"]}

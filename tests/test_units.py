@@ -127,3 +127,23 @@ def test_head_modules_are_found_generically():
     )
     assert head_module_names(bert) == ["classifier"]
     assert head_module_names(gpt2) == ["score"]
+
+
+def test_local_files_of_each_type_load_as_train_and_eval(tmp_path):
+    import json
+
+    from adapt.data import load_splits
+    from adapt.sections import DataSection
+
+    rows = [{"text": "null", "label": 0}, {"text": 'say "hi"', "label": 1}, {"text": "NA", "label": 1}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "a.csv").write_text('text,label\nnull,0\n"say ""hi""",1\nNA,1\n')
+    (tmp_path / "a.tsv").write_text('text\tlabel\nnull\t0\nsay "hi"\t1\nNA\t1\n')
+    for suffix in ("jsonl", "csv", "tsv"):
+        section = DataSection(
+            train_file=str(tmp_path / f"a.{suffix}"), eval_file=str(tmp_path / f"a.{suffix}"), max_train_samples=2
+        )
+        splits = load_splits(section, seed=0)
+        assert len(splits["train"]) == 2 and len(splits["eval"]) == 3, suffix
+        # "null" and "NA" stay text, quotes survive
+        assert splits["eval"]["text"] == ["null", 'say "hi"', "NA"], suffix
