@@ -85,12 +85,16 @@ def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
 
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_model_dir, toy_data):
-    """Write a recipe for the tiny model (with `changes` merged per table) and return its path."""
+    """Write a recipe for the tiny model and return its path. `changes` are merged per table, except
+    `methods`, which replaces the recipe's methods."""
 
     def write(name: str = "recipe.toml", **changes: dict) -> Path:
         recipe = recipe_dict(tiny_model_dir, toy_data, tmp_path / "run")
         for table, values in changes.items():
-            recipe.setdefault(table, {}).update(values)
+            if table == "methods":
+                recipe["methods"] = values
+            else:
+                recipe.setdefault(table, {}).update(values)
         path = tmp_path / name
         path.write_text(tomli_w.dumps(recipe))
         return path
@@ -109,3 +113,54 @@ def run_adapt(*args: str, env: dict | None = None, launcher: tuple[str, ...] = (
 @pytest.fixture
 def adapt_cli():
     return run_adapt
+
+
+@pytest.fixture
+def train_tiny(tiny_recipe, monkeypatch):
+    """Build and train a tiny run through the library API; returns (run, parameters before training)."""
+    from adapt.build import build_model, start_run
+    from adapt.manager import Catalogue
+    from adapt.recipe import load_recipe
+    from adapt.trainer import TrainingLoop
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+    def train(overrides=(), **changes):
+        catalogue = Catalogue.discover()
+        recipe = load_recipe(tiny_recipe(**changes), catalogue.infos, overrides)
+        run, hooks = start_run(recipe, catalogue)
+        build_model(run, hooks)
+        before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+        loop = TrainingLoop(run, hooks)
+        loop.train()
+        return run, before
+
+    return train
+
+
+@pytest.fixture
+def restore_tiny(tiny_recipe):
+    """A fresh run of the same recipe with its model restored from the run directory's artifacts."""
+    from adapt.build import restore_model, start_run
+    from adapt.manager import Catalogue
+    from adapt.recipe import load_recipe
+
+    def restore(run_dir: Path, **changes):
+        catalogue = Catalogue.discover()
+        recipe = load_recipe(tiny_recipe(**changes), catalogue.infos, ["output.overwrite=true"])
+        run, hooks = start_run(recipe, catalogue)
+        restore_model(run, hooks, run_dir)
+        return run
+
+    return restore
+
+
+@pytest.fixture
+def sample_batch():
+    """Four padded toy sentences, as model inputs (no labels)."""
+
+    def make(tokenizer) -> dict:
+        texts = ["w1 good w2", "w3 w4 awful", "lovely", "w5 w6 w7 dull w8 w9"]
+        return dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+    return make

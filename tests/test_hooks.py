@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from adapt import PluginError, PluginInfo, hookimpl
 from adapt.cli import main
 from adapt.manager import HOOK_NAMES, Catalogue

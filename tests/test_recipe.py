@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tomli_w
+
 from adapt.cli import main
 from adapt.errors import RecipeError
 from adapt.manager import Catalogue

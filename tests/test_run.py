@@ -6,11 +6,8 @@ import json
 
 import pytest
 import torch
-from adapt.build import build_model, restore_model, start_run
+
 from adapt.cli import main
-from adapt.manager import Catalogue
-from adapt.recipe import load_recipe
-from adapt.trainer import TrainingLoop
 
 
 @pytest.fixture(autouse=True)
@@ -53,24 +50,8 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     assert "eval accuracy" in err and "trainable parameters" in err  # the summary table
 
 
-def trained_run(tiny_recipe, **changes):
-    catalogue = Catalogue.discover()
-    recipe = load_recipe(tiny_recipe(**changes), catalogue.infos)
-    run, hooks = start_run(recipe, catalogue)
-    build_model(run, hooks)
-    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
-    loop = TrainingLoop(run, hooks)
-    loop.train()
-    return run, hooks, before, loop
-
-
-def eval_batch(run):
-    texts = ["w1 good w2", "w3 w4 awful", "lovely", "w5 w6 w7 dull w8 w9"]
-    return dict(run.tokenizer(texts, padding=True, return_tensors="pt"))
-
-
-def test_lora_trains_adapters_and_head_and_freezes_the_rest(tiny_recipe):
-    run, _, before, _ = trained_run(tiny_recipe)
+def test_lora_trains_adapters_and_head_and_freezes_the_rest(train_tiny):
+    run, before = train_tiny()
     changed, frozen = [], []
     for name, param in run.unwrapped_model.named_parameters():
         (changed if not torch.equal(param, before[name]) else frozen).append(name)
@@ -84,12 +65,12 @@ def test_lora_trains_adapters_and_head_and_freezes_the_rest(tiny_recipe):
     assert any("embeddings" in n for n in frozen)
 
 
-def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(tiny_recipe, tiny_model_dir, tmp_path):
+def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(train_tiny, sample_batch, tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    run, _, _, _ = trained_run(tiny_recipe)
-    batch = eval_batch(run)
+    run, _ = train_tiny()
+    batch = sample_batch(run.tokenizer)
     trained = run.unwrapped_model.eval()
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     reloaded = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
@@ -98,13 +79,10 @@ def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(tiny_recipe,
         assert torch.equal(reloaded(**batch).logits, expected)
 
 
-def test_restore_model_through_the_load_artifacts_hook(tiny_recipe, tmp_path):
-    run, _, _, loop = trained_run(tiny_recipe)
-    batch = eval_batch(run)
-    catalogue = Catalogue.discover()
-    recipe = load_recipe(tiny_recipe(), catalogue.infos, ["output.overwrite=true"])
-    restored, hooks = start_run(recipe, catalogue)
-    restore_model(restored, hooks, tmp_path / "run")
+def test_restore_model_through_the_load_artifacts_hook(train_tiny, restore_tiny, sample_batch, tmp_path):
+    run, _ = train_tiny()
+    batch = sample_batch(run.tokenizer)
+    restored = restore_tiny(tmp_path / "run")
     with torch.inference_mode():
         assert torch.equal(restored.model.eval()(**batch).logits, run.unwrapped_model.eval()(**batch).logits)
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from adapt import atomic_dir, atomic_write_text, head_module_names
 from adapt.batching import LengthGroupedBatches, padding_efficiency, shard_batches, sorted_batches
 from adapt_sequence_classification.metrics import ClassificationMetrics

@@ -15,6 +15,7 @@ from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from adapt.modeling import head_module_names  # noqa: E402
 from adapt.types import Kind, Metrics, NoOptions, PluginInfo, Run, Table  # noqa: E402
+from adapt.weights import load_tensors_into, save_tensors  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,6 @@ __all__ = [
     "from_pretrained_cached",
     "head_module_names",
     "hookimpl",
+    "load_tensors_into",
+    "save_tensors",
 ]

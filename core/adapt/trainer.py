@@ -53,6 +53,7 @@ class TrainingLoop:
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
         self.final_metrics: dict[str, float] = {}
+        self.epoch_seconds: list[float] = []
         self.padding_efficiency = 1.0
 
     def _loaders(self) -> tuple[DataLoader, DataLoader, LengthGroupedBatches]:
@@ -114,10 +115,11 @@ class TrainingLoop:
         model, optimizer = run.model, run.optimizer
         model.train()
         window = _LogWindow(acc.device)
-        tick = time.perf_counter()
+        clock = _TrainClock()
         while run.step < run.max_steps:
             sampler.set_epoch(run.epoch)
             hooks.on_epoch_start(run=run, epoch=run.epoch)
+            epoch_start = clock.total
             for batch in train_dl:
                 with acc.accumulate(model):
                     outputs = model(**batch)
@@ -137,18 +139,18 @@ class TrainingLoop:
                 run.step += 1
                 hooks.on_step_end(run=run)
                 if run.step % cfg.log_every == 0 or run.step == run.max_steps:
-                    now = time.perf_counter()
-                    self.train_seconds += now - tick
-                    hooks.on_log(run=run, logs=window.flush(run, steps_per_epoch, now - tick))
-                    tick = time.perf_counter()
+                    clock.lap()
+                    hooks.on_log(run=run, logs=window.flush(run, steps_per_epoch, clock.take_window()))
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.max_steps:
-                    self.train_seconds += time.perf_counter() - tick
+                    clock.lap()
                     self.evaluate()
-                    tick = time.perf_counter()
+                    clock.resume()
                 if run.step >= run.max_steps:
                     break
+            clock.lap()
+            self.epoch_seconds.append(round(clock.total - epoch_start, 2))
             run.epoch += 1
-        self.train_seconds += time.perf_counter() - tick
+        self.train_seconds = clock.total
         self.final_metrics = self.evaluate()
         acc.wait_for_everyone()
         if run.is_main_process and run.recipe.output.save_artifacts:
@@ -184,10 +186,33 @@ class TrainingLoop:
         return {
             "eval": self.final_metrics,
             "train_seconds": round(self.train_seconds, 2),
+            "epoch_seconds": self.epoch_seconds,
             "eval_seconds": round(self.eval_seconds, 2),
             "train_samples_per_second": round(self.run.samples_seen / max(self.train_seconds, 1e-9), 2),
             "padding_efficiency": round(self.padding_efficiency, 4),
         }
+
+
+class _TrainClock:
+    """Seconds spent training: the clock is stopped around evaluations."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.window = 0.0
+        self.resume()
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+    def lap(self) -> None:
+        now = time.perf_counter()
+        self.total += now - self.mark
+        self.window += now - self.mark
+        self.mark = now
+
+    def take_window(self) -> float:
+        seconds, self.window = self.window, 0.0
+        return seconds
 
 
 class _LogWindow:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from adapt import PluginInfo, Run, Table, atomic_dir, hookimpl
 from pydantic import Field
+
+from adapt import PluginInfo, Run, Table, atomic_dir, hookimpl
 
 ADAPTER_DIR = "adapter"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapt import PluginInfo, Run, Table, hookimpl
 from pydantic import Field
+
+from adapt import PluginInfo, Run, Table, hookimpl
 
 
 class ProgressTable(Table):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapt import AdaptError, PluginInfo, Run, Table, from_pretrained_cached, head_module_names, hookimpl
 from pydantic import Field
 
+from adapt import AdaptError, PluginInfo, Run, Table, from_pretrained_cached, head_module_names, hookimpl
 from adapt_sequence_classification.labels import label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
 

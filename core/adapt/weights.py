@@ -1,0 +1,46 @@
+"""Saving and restoring weights with safetensors (never pickle), atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write `tensors` to a .safetensors file through a temporary file and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_tensors_into(model: torch.nn.Module, *files: str | Path) -> list[str]:
+    """Copy the tensors of `files` into `model`'s parameters and buffers of the same names.
+
+    Every stored name must exist in the model; returns the names loaded. Parameters the files do not
+    mention are left as they are (a head-only artifact holds only the head).
+    """
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ValueError(f"{len(unknown)} saved tensors have no place in {type(model).__name__}: {shown}")
+    model.load_state_dict(state, strict=False)
+    return sorted(state)

@@ -1,0 +1,91 @@
+"""Head-only training (a linear probe): the pretrained backbone is frozen, only the task head trains.
+
+Because nothing upstream of the head trains, the backbone's outputs for an example never change: by
+default they are computed once (on the first epoch, and on the first evaluation) and reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from adapt import PluginInfo, Run, Table, hookimpl, load_tensors_into, save_tensors
+from adapt_head_only.cache import FeatureCache
+
+ARTIFACT = Path("head") / "head.safetensors"
+
+
+class HeadOnlyTable(Table):
+    #: Reuse backbone outputs across epochs; only possible while nothing upstream of the head trains.
+    cache_features: bool = True
+    #: Stop caching (and fall back to running the backbone) beyond this many cached MiB.
+    cache_limit_mib: float = Field(default=4096, gt=0)
+
+
+class HeadOnly:
+    """One instance per run: it owns the feature cache."""
+
+    def __init__(self) -> None:
+        self.cache: FeatureCache | None = None
+
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(
+            kind="method",
+            table=HeadOnlyTable,
+            summary="linear probe: only the task head trains; backbone features computed once",
+            after=("int8",),
+            conflicts={
+                "lora": "LoRA trains inside the backbone, which head-only keeps frozen",
+                "adapters": "adapters train inside the backbone, which head-only keeps frozen",
+                "gradual-unfreezing": "gradual unfreezing starts from the head and then trains the backbone",
+            },
+        )
+
+    @hookimpl
+    def adapt_transform_model(self, run: Run) -> None:
+        heads = tuple(f"{name}." for name in run.head_modules)
+        for name, param in run.model.named_parameters():
+            param.requires_grad_(name.startswith(heads))
+
+    @hookimpl
+    def adapt_on_train_start(self, run: Run) -> None:
+        table: HeadOnlyTable = run.table("head-only")
+        model = run.unwrapped_model
+        backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        heads = tuple(f"{name}." for name in run.head_modules)
+        upstream_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(heads))
+        if table.cache_features and backbone is not None and not upstream_trains:
+            self.cache = FeatureCache(backbone, limit_bytes=int(table.cache_limit_mib * 2**20))
+            self.cache.install()
+
+    def _uninstall(self) -> None:
+        if self.cache is not None:
+            self.cache.uninstall()
+            self.cache = None
+
+    @hookimpl
+    def adapt_summary(self, run: Run) -> dict:
+        if self.cache is None:
+            return {"head-only": {"feature_cache": False}}
+        return {"head-only": {"feature_cache": True, **self.cache.stats()}}
+
+    @hookimpl
+    def adapt_on_train_end(self) -> None:
+        self._uninstall()
+
+    @hookimpl
+    def adapt_on_train_error(self) -> None:
+        self._uninstall()
+
+    @hookimpl
+    def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
+        heads = tuple(f"{name}." for name in run.head_modules)
+        state = {k: v for k, v in run.unwrapped_model.state_dict().items() if k.startswith(heads)}
+        save_tensors(state, directory / ARTIFACT)
+
+    @hookimpl
+    def adapt_load_artifacts(self, run: Run, directory: Path) -> None:
+        self.adapt_transform_model(run)
+        load_tensors_into(run.model, directory / ARTIFACT)

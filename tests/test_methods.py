@@ -1,0 +1,108 @@
+"""Adaptation methods on the tiny model: what they freeze stays bit-identical, what they train changes,
+their artifacts restore identical logits, and impossible combinations are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adapt.errors import RecipeError
+from adapt.manager import Catalogue
+from adapt.recipe import load_recipe
+
+
+def split_by_change(model, before):
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    return changed, set(before) - changed
+
+
+def assert_restores_identical_logits(run, restore_tiny, sample_batch, run_dir, **changes):
+    batch = sample_batch(run.tokenizer)
+    restored = restore_tiny(run_dir, **changes)
+    with torch.inference_mode():
+        assert torch.equal(restored.model.eval()(**batch).logits, run.unwrapped_model.eval()(**batch).logits)
+
+
+def test_full_trains_every_parameter_and_saves_a_standalone_model(
+    train_tiny, restore_tiny, sample_batch, tiny_model_dir, tmp_path
+):
+    run, before = train_tiny(methods={"full": {}}, train={"epochs": 1, "learning_rate": 1e-3})
+    changed, unchanged = split_by_change(run.unwrapped_model, before)
+    assert all(p.requires_grad for p in run.unwrapped_model.parameters())
+    # every weight matrix moved (a few vectors such as unused token-type rows may get no gradient)
+    assert not [n for n in unchanged if before[n].ndim >= 2 and "token_type" not in n]
+    from transformers import AutoModelForSequenceClassification
+
+    standalone = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
+    batch = sample_batch(run.tokenizer)
+    with torch.inference_mode():
+        assert torch.equal(standalone(**batch).logits, run.unwrapped_model.eval()(**batch).logits)
+    assert_restores_identical_logits(run, restore_tiny, sample_batch, tmp_path / "run", methods={"full": {}})
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_head_only_freezes_the_backbone(train_tiny, restore_tiny, sample_batch, tmp_path, cache):
+    table = {"cache_features": cache}
+    run, before = train_tiny(methods={"head-only": table}, train={"epochs": 3})
+    changed, unchanged = split_by_change(run.unwrapped_model, before)
+    assert changed == {"classifier.weight", "classifier.bias"}
+    assert all(n.startswith("bert.") for n in unchanged)
+    assert_restores_identical_logits(run, restore_tiny, sample_batch, tmp_path / "run", methods={"head-only": table})
+
+
+def test_head_only_serves_cached_features_after_the_first_epoch(tiny_recipe, tmp_path, adapt_cli):
+    result = adapt_cli("run", str(tiny_recipe(methods={"head-only": {}}, train={"epochs": 3})))
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads((tmp_path / "run" / "summary.json").read_text())["head-only"]
+    # epoch 1 (192 rows) and the one evaluation (64 rows) run the backbone; epochs 2 and 3 are served
+    assert stats == {"feature_cache": True, "examples": 256, "mib": stats["mib"], "hits": 384, "misses": 256}
+
+
+def test_cached_features_equal_the_backbone_outputs_whatever_the_padding(tiny_model_dir):
+    from transformers import AutoTokenizer, BertModel
+
+    from adapt_head_only.cache import FeatureCache
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    backbone = BertModel.from_pretrained(tiny_model_dir).eval()
+    texts = ["w1 good w2", "lovely", "w5 w6 w7 dull w8 w9 w10 w11"]
+    short = dict(tokenizer(texts[:2], padding=True, return_tensors="pt"))
+    longer = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        expected = backbone(**longer)
+    cache = FeatureCache(backbone, limit_bytes=2**30)
+    cache.install()
+    with torch.no_grad():
+        backbone(**short)  # caches the first two, padded to their own length
+        backbone(**longer)  # misses on the third: runs the backbone, caches it
+        served = backbone(**longer)  # all three cached, re-padded to this batch
+    assert cache.hits == 3 and cache.misses == 5
+    real = longer["attention_mask"].bool()
+    assert torch.allclose(served.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5)
+    assert torch.allclose(served.pooler_output, expected.pooler_output, atol=1e-5)
+    cache.uninstall()
+    assert "forward" not in backbone.__dict__
+
+
+@pytest.fixture
+def catalogue(monkeypatch):
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    return Catalogue.discover()
+
+
+@pytest.mark.parametrize(
+    "methods, reason",
+    [
+        (["full", "lora"], "'full' cannot be combined with 'lora': LoRA learns low-rank updates of a frozen base"),
+        (
+            ["lora", "head-only"],
+            "'lora' cannot be combined with 'head-only': LoRA trains inside the backbone, which head-only keeps frozen",
+        ),
+    ],
+)
+def test_impossible_combinations_are_refused_with_the_reason(tiny_recipe, catalogue, methods, reason):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tiny_recipe(methods={m: {} for m in methods}), catalogue.infos)
+    assert any(reason in p for p in info.value.problems), info.value.problems
