@@ -106,3 +106,72 @@ def test_impossible_combinations_are_refused_with_the_reason(tiny_recipe, catalo
     with pytest.raises(RecipeError) as info:
         load_recipe(tiny_recipe(methods={m: {} for m in methods}), catalogue.infos)
     assert any(reason in p for p in info.value.problems), info.value.problems
+
+
+class Snapshots:
+    """Copies a few parameters after every optimizer step, and each group's learning rate."""
+
+    WATCHED = {
+        "head": "classifier.weight",
+        "block1": "bert.encoder.layer.1.attention.self.query.weight",
+        "block0": "bert.encoder.layer.0.attention.self.query.weight",
+        "embeddings": "bert.embeddings.word_embeddings.weight",
+    }
+
+    def __init__(self):
+        self.initial = {}
+        self.after_step = {}
+        self.lrs = {}
+
+    def adapt_on_train_start(self, run):
+        params = dict(run.unwrapped_model.named_parameters())
+        self.initial = {k: params[n].detach().clone() for k, n in self.WATCHED.items()}
+
+    def adapt_on_step_end(self, run):
+        params = dict(run.unwrapped_model.named_parameters())
+        self.after_step[run.step] = {k: params[n].detach().clone() for k, n in self.WATCHED.items()}
+        self.lrs[run.step] = [g["lr"] for g in run.optimizer.param_groups]
+
+    def first_change(self, key):
+        return min(s for s, p in self.after_step.items() if not torch.equal(p[key], self.initial[key]))
+
+
+def test_gradual_unfreezing_unfreezes_one_group_at_a_time_from_the_top(
+    tiny_recipe, restore_tiny, sample_batch, tmp_path
+):
+    from adapt.build import build_model, start_run
+    from adapt.trainer import TrainingLoop
+
+    snapshots = Snapshots()
+    catalogue = Catalogue.discover(extra={"snapshots": snapshots})
+    table = {"every": 3, "unit": "step", "lr_decay": 2.0}
+    recipe = load_recipe(
+        tiny_recipe(methods={"gradual-unfreezing": table}, train={"epochs": 1, "learning_rate": 1e-3}),
+        catalogue.infos,
+    )
+    run, hooks = start_run(recipe, catalogue)
+    build_model(run, hooks)
+    loop = TrainingLoop(run, hooks)
+    loop.train()
+    # groups: head (+ pooler), block 1, block 0, embeddings; one more every 3 steps, from step 4 on
+    assert snapshots.first_change("head") == 1
+    assert snapshots.first_change("block1") == 4
+    assert snapshots.first_change("block0") == 7
+    assert snapshots.first_change("embeddings") == 10
+    # discriminative rates: each group down at half the rate of the one above; 0 while frozen
+    lrs = snapshots.lrs[4]  # two optimizer groups (decay, no decay) per layer group
+    assert lrs[2] == pytest.approx(lrs[0] / 2) and lrs[4] == 0.0 and lrs[6] == 0.0
+    assert len(snapshots.lrs[1]) == len(snapshots.lrs[12]) == 8  # every group in the optimizer from the start
+    summary = loop.stats()
+    assert summary["epoch_seconds"] and run.step == 12
+    assert_restores_identical_logits(
+        run, restore_tiny, sample_batch, tmp_path / "run", methods={"gradual-unfreezing": table}
+    )
+
+
+def test_gradual_unfreezing_by_epoch(train_tiny, tmp_path):
+    run, before = train_tiny(methods={"gradual-unfreezing": {}}, train={"epochs": 2})
+    changed, unchanged = split_by_change(run.unwrapped_model, before)
+    # epoch 0 trains the head group, epoch 1 adds the top block; block 0 and the embeddings never train
+    assert any(n.startswith("bert.encoder.layer.1.") for n in changed)
+    assert not any(n.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for n in changed)

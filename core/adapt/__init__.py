@@ -13,9 +13,9 @@ hookimpl = pluggy.HookimplMarker("adapt")
 from adapt.data import from_pretrained_cached  # noqa: E402
 from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
-from adapt.modeling import head_module_names  # noqa: E402
+from adapt.modeling import find_blocks, head_module_names  # noqa: E402
 from adapt.types import Kind, Metrics, NoOptions, PluginInfo, Run, Table  # noqa: E402
-from adapt.weights import load_tensors_into, save_tensors  # noqa: E402
+from adapt.weights import load_model_folder, load_tensors_into, save_model_folder, save_tensors  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -32,9 +32,12 @@ __all__ = [
     "atomic_dir",
     "atomic_write_json",
     "atomic_write_text",
+    "find_blocks",
     "from_pretrained_cached",
     "head_module_names",
     "hookimpl",
+    "load_model_folder",
     "load_tensors_into",
+    "save_model_folder",
     "save_tensors",
 ]

@@ -44,3 +44,17 @@ def load_tensors_into(model: torch.nn.Module, *files: str | Path) -> list[str]:
         raise ValueError(f"{len(unknown)} saved tensors have no place in {type(model).__name__}: {shown}")
     model.load_state_dict(state, strict=False)
     return sorted(state)
+
+
+def save_model_folder(run, folder: str | Path) -> None:
+    """The whole trained model as a standalone Hugging Face folder (config, safetensors, tokenizer)."""
+    from adapt.io import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        run.unwrapped_model.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+
+
+def load_model_folder(run, folder: str | Path) -> None:
+    """Load the weights of a `save_model_folder` folder into `run.model`."""
+    load_tensors_into(run.model, *sorted(Path(folder).glob("*.safetensors")))

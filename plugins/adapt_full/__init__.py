@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapt import PluginInfo, Run, atomic_dir, hookimpl, load_tensors_into
+from adapt import PluginInfo, Run, hookimpl, load_model_folder, save_model_folder
 
 ARTIFACT_DIR = "model"
 TRAINS_THE_BASE = "full fine-tuning trains the base weights themselves"
@@ -36,11 +36,9 @@ def adapt_transform_model(run: Run) -> None:
 
 @hookimpl
 def adapt_save_artifacts(run: Run, directory: Path) -> None:
-    with atomic_dir(directory / ARTIFACT_DIR) as tmp:
-        run.unwrapped_model.save_pretrained(tmp)
-        run.tokenizer.save_pretrained(tmp)
+    save_model_folder(run, directory / ARTIFACT_DIR)
 
 
 @hookimpl
 def adapt_load_artifacts(run: Run, directory: Path) -> None:
-    load_tensors_into(run.model, *sorted((directory / ARTIFACT_DIR).glob("*.safetensors")))
+    load_model_folder(run, directory / ARTIFACT_DIR)
