@@ -175,3 +175,89 @@ def test_gradual_unfreezing_by_epoch(train_tiny, tmp_path):
     # epoch 0 trains the head group, epoch 1 adds the top block; block 0 and the embeddings never train
     assert any(n.startswith("bert.encoder.layer.1.") for n in changed)
     assert not any(n.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for n in changed)
+
+
+def tiny_families():
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    small = {"num_labels": 2, "pad_token_id": 0}
+    return {
+        "bert": BertForSequenceClassification(
+            BertConfig(
+                vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **small
+            )
+        ),
+        "gpt2": GPT2ForSequenceClassification(
+            GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1, **small)
+        ),
+        "llama": LlamaForSequenceClassification(
+            LlamaConfig(
+                vocab_size=64,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                bos_token_id=1,
+                eos_token_id=1,
+                **small,
+            )
+        ),
+    }
+
+
+EXPECTED_SITES = {
+    "bert": ["bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense"],
+    "gpt2": ["transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"],
+    "llama": ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"],
+}
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_adapters_are_placed_generically_and_start_as_the_identity(family):
+    from adapt_adapters.inject import inject
+
+    model = tiny_families()[family].eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    houlsby = inject(model, "houlsby", reduction_factor=4, activation="gelu")
+    assert houlsby[:2] == EXPECTED_SITES[family] and len(houlsby) == 4
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
+    pfeiffer = inject(tiny_families()[family], "pfeiffer", reduction_factor=4, activation="relu")
+    assert pfeiffer == [EXPECTED_SITES[family][1], EXPECTED_SITES[family][1].replace(".0.", ".1.")]
+
+
+def test_adapters_name_the_model_class_when_there_are_no_blocks():
+    from adapt_adapters.inject import inject
+
+    with pytest.raises(ValueError, match="cannot find a stack of transformer blocks in Sequential"):
+        inject(torch.nn.Sequential(torch.nn.Linear(4, 4)), "houlsby", 4, "relu")
+
+
+@pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
+def test_adapters_train_only_adapters_and_head(train_tiny, restore_tiny, sample_batch, tmp_path, placement):
+    table = {"placement": placement, "reduction_factor": 4}
+    run, before = train_tiny(methods={"adapters": table}, train={"epochs": 1})
+    params = dict(run.unwrapped_model.named_parameters())
+    for name, param in params.items():
+        trained = name.startswith("classifier.") or ".adapter." in name
+        assert param.requires_grad == trained, name
+        assert torch.equal(param, before[name]) != trained, name  # frozen: bit-identical; trained: moved
+    adapters = [n for n in params if ".adapter." in n]
+    assert len(adapters) == (16 if placement == "houlsby" else 8)  # 4 tensors per adapter, 2 layers
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "run" / "adapters" / "adapters.safetensors")
+    assert set(saved) == set(adapters) | {"classifier.weight", "classifier.bias"}
+    assert_restores_identical_logits(run, restore_tiny, sample_batch, tmp_path / "run", methods={"adapters": table})

@@ -1,0 +1,65 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020) on a frozen base.
+
+Houlsby places an adapter after the attention output and after the feed-forward output of every block;
+Pfeiffer after the feed-forward output only. Adapters start as the identity, so before training the
+adapted model computes exactly what the base model does. Only the adapters and the task head train and
+are saved (safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from adapt import PluginInfo, Run, Table, atomic_write_text, hookimpl, load_tensors_into, save_tensors
+from adapt_adapters.inject import ACTIVATIONS, inject
+
+ARTIFACT_DIR = "adapters"
+WEIGHTS = "adapters.safetensors"
+
+
+class AdaptersTable(Table):
+    placement: Literal["houlsby", "pfeiffer"] = "pfeiffer"
+    #: Bottleneck width = hidden size / reduction_factor.
+    reduction_factor: int = Field(default=16, ge=1)
+    non_linearity: Literal[tuple(ACTIVATIONS)] = "relu"  # type: ignore[valid-type]
+
+
+def is_trained(name: str, run: Run) -> bool:
+    heads = tuple(f"{h}." for h in run.head_modules)
+    return name.startswith(heads) or ".adapter." in name
+
+
+@hookimpl
+def adapt_plugin_info() -> PluginInfo:
+    return PluginInfo(
+        kind="method",
+        table=AdaptersTable,
+        summary="bottleneck adapters (Houlsby / Pfeiffer), identity at init; saves adapters and head",
+        after=("int8",),
+    )
+
+
+@hookimpl
+def adapt_transform_model(run: Run) -> None:
+    table: AdaptersTable = run.table("adapters")
+    inject(run.model, table.placement, table.reduction_factor, table.non_linearity)
+    for name, param in run.model.named_parameters():
+        param.requires_grad_(is_trained(name, run))
+
+
+@hookimpl
+def adapt_save_artifacts(run: Run, directory: Path) -> None:
+    state = {n: p for n, p in run.unwrapped_model.named_parameters() if is_trained(n, run)}
+    save_tensors(state, directory / ARTIFACT_DIR / WEIGHTS)
+    table = run.table("adapters").model_dump()
+    atomic_write_text(directory / ARTIFACT_DIR / "adapter_config.json", json.dumps(table, indent=2) + "\n")
+
+
+@hookimpl
+def adapt_load_artifacts(run: Run, directory: Path) -> None:
+    adapt_transform_model(run)
+    load_tensors_into(run.model, directory / ARTIFACT_DIR / WEIGHTS)
