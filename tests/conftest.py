@@ -115,25 +115,28 @@ def adapt_cli():
     return run_adapt
 
 
+class _Capture:
+    """Keeps the run and a copy of its parameters as training starts."""
+
+    def adapt_on_train_start(self, run):
+        self.run = run
+        self.before = {name: p.detach().clone() for name, p in run.unwrapped_model.named_parameters()}
+
+
 @pytest.fixture
 def train_tiny(tiny_recipe, monkeypatch):
-    """Build and train a tiny run through the library API; returns (run, parameters before training)."""
-    from adapt.build import build_model, start_run
+    """`adapt run` on the tiny model through the library; returns (run, parameters before training, summary)."""
     from adapt.manager import Catalogue
     from adapt.recipe import load_recipe
-    from adapt.trainer import TrainingLoop
+    from adapt.trainer import run_recipe
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
 
     def train(overrides=(), **changes):
-        catalogue = Catalogue.discover()
-        recipe = load_recipe(tiny_recipe(**changes), catalogue.infos, overrides)
-        run, hooks = start_run(recipe, catalogue)
-        build_model(run, hooks)
-        before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
-        loop = TrainingLoop(run, hooks)
-        loop.train()
-        return run, before
+        capture = _Capture()
+        catalogue = Catalogue.discover(extra={"capture": capture})
+        summary = run_recipe(load_recipe(tiny_recipe(**changes), catalogue.infos, overrides), catalogue)
+        return capture.run, capture.before, summary
 
     return train
 

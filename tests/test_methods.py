@@ -28,7 +28,7 @@ def assert_restores_identical_logits(run, restore_tiny, sample_batch, run_dir, *
 def test_full_trains_every_parameter_and_saves_a_standalone_model(
     train_tiny, restore_tiny, sample_batch, tiny_model_dir, tmp_path
 ):
-    run, before = train_tiny(methods={"full": {}}, train={"epochs": 1, "learning_rate": 1e-3})
+    run, before, summary = train_tiny(methods={"full": {}}, train={"epochs": 1, "learning_rate": 1e-3})
     changed, unchanged = split_by_change(run.unwrapped_model, before)
     assert all(p.requires_grad for p in run.unwrapped_model.parameters())
     # every weight matrix moved (a few vectors such as unused token-type rows may get no gradient)
@@ -45,7 +45,7 @@ def test_full_trains_every_parameter_and_saves_a_standalone_model(
 @pytest.mark.parametrize("cache", [True, False])
 def test_head_only_freezes_the_backbone(train_tiny, restore_tiny, sample_batch, tmp_path, cache):
     table = {"cache_features": cache}
-    run, before = train_tiny(methods={"head-only": table}, train={"epochs": 3})
+    run, before, summary = train_tiny(methods={"head-only": table}, train={"epochs": 3})
     changed, unchanged = split_by_change(run.unwrapped_model, before)
     assert changed == {"classifier.weight", "classifier.bias"}
     assert all(n.startswith("bert.") for n in unchanged)
@@ -170,7 +170,7 @@ def test_gradual_unfreezing_unfreezes_one_group_at_a_time_from_the_top(
 
 
 def test_gradual_unfreezing_by_epoch(train_tiny, tmp_path):
-    run, before = train_tiny(methods={"gradual-unfreezing": {}}, train={"epochs": 2})
+    run, before, summary = train_tiny(methods={"gradual-unfreezing": {}}, train={"epochs": 2})
     changed, unchanged = split_by_change(run.unwrapped_model, before)
     # epoch 0 trains the head group, epoch 1 adds the top block; block 0 and the embeddings never train
     assert any(n.startswith("bert.encoder.layer.1.") for n in changed)
@@ -248,7 +248,7 @@ def test_adapters_name_the_model_class_when_there_are_no_blocks():
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
 def test_adapters_train_only_adapters_and_head(train_tiny, restore_tiny, sample_batch, tmp_path, placement):
     table = {"placement": placement, "reduction_factor": 4}
-    run, before = train_tiny(methods={"adapters": table}, train={"epochs": 1})
+    run, before, summary = train_tiny(methods={"adapters": table}, train={"epochs": 1})
     params = dict(run.unwrapped_model.named_parameters())
     for name, param in params.items():
         trained = name.startswith("classifier.") or ".adapter." in name
@@ -261,3 +261,42 @@ def test_adapters_train_only_adapters_and_head(train_tiny, restore_tiny, sample_
     saved = load_file(tmp_path / "run" / "adapters" / "adapters.safetensors")
     assert set(saved) == set(adapters) | {"classifier.weight", "classifier.bias"}
     assert_restores_identical_logits(run, restore_tiny, sample_batch, tmp_path / "run", methods={"adapters": table})
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantised_base_with_lora_trains_on_cpu(train_tiny, restore_tiny, sample_batch, tmp_path, bits):
+    import bitsandbytes as bnb
+
+    methods = {"int8": {"bits": bits}, "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}}
+    run, before, summary = train_tiny(methods=methods, train={"epochs": 1})
+    model = run.unwrapped_model
+    quantised = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
+    layer = model.base_model.model.bert.encoder.layer[0]
+    assert isinstance(layer.intermediate.dense, quantised)
+    assert not isinstance(model.base_model.model.classifier.modules_to_save["default"], quantised)  # head in fp32
+    changed, unchanged = split_by_change(model, before)
+    assert any("lora_B" in n for n in changed) and any("classifier" in n for n in changed)
+    assert not [n for n in changed if "lora_" not in n and "classifier" not in n]  # the base did not move
+    memory = summary["int8"]
+    assert memory["weights_mib_quantised"] < memory["weights_mib_unquantised"]
+    assert memory["quantised_tensors"] == 13  # 6 linear layers x 2 blocks + the pooler; the head is kept
+    assert_restores_identical_logits(run, restore_tiny, sample_batch, tmp_path / "run", methods=methods)
+
+
+@pytest.mark.parametrize(
+    "methods, reason",
+    [
+        (["int8"], "'int8' needs one of lora, adapters, head-only beside it"),
+        (["full", "int8"], "'full' cannot be combined with 'int8': 8-bit weights cannot be trained"),
+        (["head-only", "gradual-unfreezing"], "'head-only' cannot be combined with 'gradual-unfreezing'"),
+    ],
+)
+def test_more_impossible_combinations(tiny_recipe, catalogue, methods, reason):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tiny_recipe(methods={m: {} for m in methods}), catalogue.infos)
+    assert any(reason in p for p in info.value.problems), info.value.problems
+
+
+def test_quantisation_is_applied_before_the_methods_that_train_on_it(tiny_recipe, catalogue):
+    recipe = load_recipe(tiny_recipe(methods={"lora": {}, "int8": {}}), catalogue.infos)
+    assert recipe.methods == ("int8", "lora")

@@ -47,7 +47,10 @@ def test_all_problems_reported_at_once(tiny_recipe, catalogue):
     assert "train.lerning_rate: unknown key; did you mean 'learning_rate'?" in text
     assert "train.batch_size: Input should be a valid integer" in text
     assert "train.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp64')" in text
-    assert "methods.lorra: no method plugin named 'lorra'; did you mean 'lora'? installed methods: lora" in text
+    assert (
+        "methods.lorra: no method plugin named 'lorra'; did you mean 'lora'? installed methods: adapters, full, "
+        "gradual-unfreezing, head-only, int8, lora" in text
+    )
     assert "task.text_colum: unknown key; did you mean 'text_column'?" in text
     assert len(problems) == 5
 

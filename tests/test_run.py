@@ -51,7 +51,7 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
 
 
 def test_lora_trains_adapters_and_head_and_freezes_the_rest(train_tiny):
-    run, before = train_tiny()
+    run, before, summary = train_tiny()
     changed, frozen = [], []
     for name, param in run.unwrapped_model.named_parameters():
         (changed if not torch.equal(param, before[name]) else frozen).append(name)
@@ -69,7 +69,7 @@ def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(train_tiny, 
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    run, _ = train_tiny()
+    run, _, _ = train_tiny()
     batch = sample_batch(run.tokenizer)
     trained = run.unwrapped_model.eval()
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
@@ -80,7 +80,7 @@ def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(train_tiny, 
 
 
 def test_restore_model_through_the_load_artifacts_hook(train_tiny, restore_tiny, sample_batch, tmp_path):
-    run, _ = train_tiny()
+    run, _, _ = train_tiny()
     batch = sample_batch(run.tokenizer)
     restored = restore_tiny(tmp_path / "run")
     with torch.inference_mode():

@@ -13,7 +13,7 @@ hookimpl = pluggy.HookimplMarker("adapt")
 from adapt.data import from_pretrained_cached  # noqa: E402
 from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
-from adapt.modeling import find_blocks, head_module_names  # noqa: E402
+from adapt.modeling import count_parameters, find_blocks, head_module_names, preview_head_modules  # noqa: E402
 from adapt.types import Kind, Metrics, NoOptions, PluginInfo, Run, Table  # noqa: E402
 from adapt.weights import load_model_folder, load_tensors_into, save_model_folder, save_tensors  # noqa: E402
 
@@ -32,11 +32,13 @@ __all__ = [
     "atomic_dir",
     "atomic_write_json",
     "atomic_write_text",
+    "count_parameters",
     "find_blocks",
     "from_pretrained_cached",
     "head_module_names",
     "hookimpl",
     "load_model_folder",
+    "preview_head_modules",
     "load_tensors_into",
     "save_model_folder",
     "save_tensors",

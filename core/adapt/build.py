@@ -9,6 +9,7 @@ from adapt.data import from_pretrained_cached, load_splits
 from adapt.errors import AdaptError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
+from adapt.modeling import count_parameters
 from adapt.recipe import Recipe
 from adapt.types import Run
 
@@ -20,16 +21,6 @@ class ParamCount:
     stage: str  # "base" (the head's model) or the name of the method just applied
     trainable: int
     total: int
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = total = 0
-    for param in model.parameters():
-        n = param.numel()
-        total += n
-        if param.requires_grad:
-            trainable += n
-    return trainable, total
 
 
 def make_accelerator(recipe: Recipe):
@@ -77,6 +68,7 @@ def start_run(recipe: Recipe, catalogue: Catalogue) -> tuple[Run, Hooks]:
 
 
 def load_base_model(run: Run, hooks: Hooks) -> None:
+    run.head_modules = hooks.head_modules(run=run) or []
     kwargs = {
         "revision": run.recipe.model.revision,
         "trust_remote_code": run.recipe.model.trust_remote_code,

@@ -80,6 +80,9 @@ class Hooks:
             caller.call_historic(kwargs={"recipe": recipe})
 
     # model and data
+    def head_modules(self, *, run: Run) -> list[str] | None:
+        return self._call("adapt_head_modules", run=run)
+
     def model_load_kwargs(self, *, run: Run) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for contribution in reversed(self._call("adapt_model_load_kwargs", run=run)):

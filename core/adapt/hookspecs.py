@@ -65,6 +65,19 @@ def adapt_configure(recipe: Recipe) -> None:
 # --- building the model and the data ----------------------------------------------------------------
 
 
+@hookspec(firstresult=True)
+def adapt_head_modules(run: Run) -> list[str] | None:
+    """Name the top-level modules the head will create fresh (``["classifier"]``), before the model loads.
+
+    Called once, before ``adapt_model_load_kwargs``; the head implements it (``adapt.preview_head_modules``
+    builds the model on the meta device to find them). The core stores the answer in
+    ``run.head_modules``, so a quantisation plugin can leave the head in full precision. ``firstresult``:
+    the head answers for itself.
+
+    :return: module names, or None when unknown.
+    """
+
+
 @hookspec
 def adapt_model_load_kwargs(run: Run) -> dict[str, Any] | None:
     """Contribute keyword arguments to the head's ``from_pretrained`` call (``quantization_config``,
@@ -82,8 +95,9 @@ def adapt_model_load_kwargs(run: Run) -> dict[str, Any] | None:
 def adapt_load_model(run: Run, load_kwargs: dict[str, Any]) -> torch.nn.Module | None:
     """Build the task model: the pretrained backbone named by ``[model]`` plus the head.
 
-    Called once, implemented by the recipe's head. The head also sets ``run.head_modules`` (the
-    modules it created fresh, which every method keeps trainable) and ``run.task_type``.
+    Called once, implemented by the recipe's head. The head also sets ``run.task_type`` and, from the
+    loaded model, confirms ``run.head_modules`` (the modules it created fresh, which every method keeps
+    trainable).
     ``firstresult``: exactly one plugin builds the model.
 
     :param run: the run; ``run.dataset`` holds the raw splits (to read label names from).

@@ -28,3 +28,29 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     if best is None:
         raise ValueError(f"cannot find a stack of transformer blocks in {type(model).__name__}")
     return best
+
+
+def parameter_count(param: torch.Tensor) -> int:
+    """Elements a parameter stands for: a packed 4-bit tensor holds two per byte, its quant_state knows."""
+    state = getattr(param, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = parameter_count(param)
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def preview_head_modules(auto_class, config) -> list[str]:
+    """`head_module_names` of the model `auto_class` builds from `config`, built on the meta device:
+    no memory, no weights, so a quantisation plugin can learn what to leave unquantised before loading."""
+    with torch.device("meta"):
+        model = auto_class.from_config(config)
+    return head_module_names(model)

@@ -286,6 +286,10 @@ def validate(
         table = _check_table(f"methods.{name}", plugins[name].table, value, problems)
         if table is not None:
             tables[name] = table
+    for name in methods:
+        needed = plugins[name].needs_one_of
+        if needed and not set(needed) & set(methods):
+            problems.append(f"methods: '{name}' needs one of {', '.join(needed)} beside it ([methods.{needed[0]}])")
     for i, a in enumerate(methods):
         for b in methods[i + 1 :]:
             reason = plugins[a].conflicts.get(b) or plugins[b].conflicts.get(a)

@@ -46,6 +46,8 @@ class PluginInfo:
     after: methods that, when the recipe also names them, must be applied before this one
         (an 8-bit base must be loaded before LoRA wraps it).
     conflicts: method name -> why the two cannot be combined; checked when the recipe is validated.
+    needs_one_of: methods of which the recipe must name at least one beside this one (a quantised
+        base trains nothing by itself).
     """
 
     kind: Kind = "infrastructure"
@@ -53,6 +55,7 @@ class PluginInfo:
     summary: str = ""
     after: tuple[str, ...] = ()
     conflicts: Mapping[str, str] = field(default_factory=dict)
+    needs_one_of: tuple[str, ...] = ()
 
 
 class Metrics(Protocol):
@@ -88,8 +91,9 @@ class Run:
     #: The same splits after the head's `adapt_encode`.
     encoded: DatasetDict | None = None
     model: torch.nn.Module | None = None
-    #: Top-level module names the head created fresh (e.g. "classifier"). Methods keep them
-    #: trainable and save them with their artifacts.
+    #: Top-level module names the head creates fresh (e.g. "classifier"): named by the head through
+    #: `adapt_head_modules` before loading, confirmed in `adapt_load_model`. Methods keep them trainable
+    #: (and unquantised) and save them with their artifacts.
     head_modules: list[str] = field(default_factory=list)
     #: PEFT's name for the head's task ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", ...), or None.
     task_type: str | None = None

@@ -30,7 +30,7 @@ class LoraTable(Table):
 
 @hookimpl
 def adapt_plugin_info() -> PluginInfo:
-    return PluginInfo(kind="method", table=LoraTable, summary="LoRA low-rank adapters (PEFT)")
+    return PluginInfo(kind="method", table=LoraTable, summary="LoRA low-rank adapters (PEFT)", after=("int8",))
 
 
 def lora_config(run: Run):

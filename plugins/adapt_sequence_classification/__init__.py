@@ -6,7 +6,16 @@ from typing import Any
 
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, from_pretrained_cached, head_module_names, hookimpl
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    from_pretrained_cached,
+    head_module_names,
+    hookimpl,
+    preview_head_modules,
+)
 from adapt_sequence_classification.labels import label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
@@ -79,18 +88,38 @@ class SequenceClassification:
             desc="tokenising",
         )
 
+    def _label_kwargs(self, run: Run) -> dict[str, Any]:
+        labels = self._resolve_labels(run)
+        return {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+
+    @hookimpl
+    def adapt_head_modules(self, run: Run) -> list[str]:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        model = run.recipe.model
+        config = from_pretrained_cached(
+            AutoConfig.from_pretrained,
+            model.name,
+            key="model.name",
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            **self._label_kwargs(run),
+        )
+        return preview_head_modules(AutoModelForSequenceClassification, config)
+
     @hookimpl
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
         from transformers import AutoModelForSequenceClassification
 
-        labels = self._resolve_labels(run)
         model = from_pretrained_cached(
             AutoModelForSequenceClassification.from_pretrained,
             run.recipe.model.name,
             key="model.name",
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
+            **self._label_kwargs(run),
             **load_kwargs,
         )
         if model.config.pad_token_id is None and run.tokenizer.pad_token_id is not None:

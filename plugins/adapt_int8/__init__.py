@@ -1,0 +1,93 @@
+"""A quantised base through bitsandbytes: LLM.int8 (8-bit) or NF4/FP4 (4-bit, as in QLoRA).
+
+The base model's linear layers load quantised; the task head (and anything a method adds later) stays
+in full precision. A quantised base trains nothing by itself: name a method that trains on top of it
+(lora, adapters or head-only). It reports the memory of the base weights before and after.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from adapt import AdaptError, PluginInfo, Run, Table, hookimpl
+from adapt_int8.memory import weight_memory
+
+NAME = "int8"
+
+
+class Int8Table(Table):
+    bits: Literal[8, 4] = 8
+    #: LLM.int8 outlier threshold: activations above it take the 16-bit path.
+    threshold: float = Field(default=6.0, ge=0)
+    #: 4-bit only: NF4 (QLoRA) or FP4, the dtype the matmuls compute in, and nested quantisation.
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    double_quant: bool = True
+    #: Further modules to keep in full precision (the head's are always kept).
+    skip_modules: list[str] = []
+
+
+class Int8:
+    """One instance per run: it remembers the memory measured before quantisation."""
+
+    def __init__(self) -> None:
+        self.memory: dict[str, float] = {}
+
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(
+            kind="method",
+            table=Int8Table,
+            summary="8-bit (LLM.int8) or 4-bit NF4 base via bitsandbytes; composes with lora / adapters / head-only",
+            needs_one_of=("lora", "adapters", "head-only"),
+        )
+
+    @hookimpl
+    def adapt_configure(self) -> None:
+        # bitsandbytes warns on every 8-bit matmul that it casts fp32 inputs to fp16: once is plenty.
+        warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+
+    @hookimpl
+    def adapt_model_load_kwargs(self, run: Run) -> dict[str, Any]:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise AdaptError(
+                "methods.int8: bitsandbytes is not installed; pip install 'adapt[int8]' (or bitsandbytes)"
+            ) from None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        table: Int8Table = run.table(NAME)
+        keep = [*run.head_modules, *table.skip_modules]
+        if table.bits == 8:
+            config = BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_threshold=table.threshold, llm_int8_skip_modules=keep
+            )
+        else:
+            config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=table.quant_type,
+                bnb_4bit_compute_dtype=getattr(torch, table.compute_dtype),
+                bnb_4bit_use_double_quant=table.double_quant,
+                llm_int8_skip_modules=keep,
+            )
+        return {"quantization_config": config, "device_map": {"": str(run.accelerator.device)}}
+
+    @hookimpl
+    def adapt_transform_model(self, run: Run) -> None:
+        for param in run.model.parameters():
+            param.requires_grad_(False)  # methods applied after this one choose what trains
+        self.memory = weight_memory(run.model)
+
+    @hookimpl
+    def adapt_load_artifacts(self, run: Run, directory: Path) -> None:
+        self.adapt_transform_model(run)  # the base is quantised again from the hub weights; nothing is saved
+
+    @hookimpl
+    def adapt_summary(self) -> dict[str, Any]:
+        return {NAME: self.memory}
