@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import tomli_w
 
@@ -146,3 +148,10 @@ def test_cli_reports_unreadable_and_malformed_files(tmp_path, capsys):
     bad.write_text("[model\nname=1")
     assert main(["check", str(bad)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path, catalogue):
+    recipe = load_recipe(path, catalogue.infos, ["output.overwrite=true"])
+    assert recipe.model.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert recipe.data.max_train_samples == 40000 and recipe.train.seed == 42  # one budget for the comparison

@@ -7,7 +7,7 @@ in full precision. A quantised base trains nothing by itself: name a method that
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,21 @@ class Int8Table(Table):
     skip_modules: list[str] = []
 
 
+class _OncePerMessage(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.seen:
+            return False
+        self.seen.add(record.msg)
+        return True
+
+
+_ONCE = _OncePerMessage()
+
+
 class Int8:
     """One instance per run: it remembers the memory measured before quantisation."""
 
@@ -48,8 +63,10 @@ class Int8:
 
     @hookimpl
     def adapt_configure(self) -> None:
-        # bitsandbytes warns on every 8-bit matmul that it casts fp32 inputs to fp16: once is plenty.
-        warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+        # bitsandbytes logs on every 8-bit matmul that it casts fp32 inputs to fp16: once is plenty.
+        logger = logging.getLogger("bitsandbytes.autograd._functions")
+        if _ONCE not in logger.filters:
+            logger.addFilter(_ONCE)
 
     @hookimpl
     def adapt_model_load_kwargs(self, run: Run) -> dict[str, Any]:
