@@ -6,11 +6,10 @@ HF_HUB_OFFLINE=1 python bench/head_only_cache.py [--rows 8000] [--epochs 3]
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from common import run_recipe
 
 
 def run(rows: int, epochs: int, cache: bool, out: Path) -> dict:
@@ -19,12 +18,8 @@ def run(rows: int, epochs: int, cache: bool, out: Path) -> dict:
         "train.epochs": epochs,
         "train.eval_every": 10**9,
         "methods.head-only.cache_features": str(cache).lower(),
-        "output.dir": out,
-        "plugins.disable": '["progress"]',
     }
-    args = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
-    subprocess.run([sys.executable, "-m", "adapt.cli", "run", "recipes/head-only-sst2.toml", *args], check=True)
-    return json.loads((out / "summary.json").read_text())
+    return run_recipe("recipes/head-only-sst2.toml", out, overrides)
 
 
 def main() -> None:

@@ -9,11 +9,10 @@ training data and prints a Markdown table from the two summary.json files.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from common import run_recipe
 
 
 def run(recipe: Path, rows: int, grouped: bool, out: Path) -> dict:
@@ -22,12 +21,8 @@ def run(recipe: Path, rows: int, grouped: bool, out: Path) -> dict:
         "data.max_eval_samples": 200,
         "train.group_by_length": str(grouped).lower(),
         "train.eval_every": 10**9,
-        "output.dir": out,
-        "plugins.disable": '["progress"]',
     }
-    args = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
-    subprocess.run([sys.executable, "-m", "adapt.cli", "run", str(recipe), *args], check=True)
-    return json.loads((out / "summary.json").read_text())
+    return run_recipe(recipe, out, overrides)
 
 
 def main() -> None:

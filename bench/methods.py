@@ -10,26 +10,16 @@ smoke test: --set data.max_train_samples=500).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from common import run_recipe
 
 RECIPES = ["lora", "adapters", "head-only", "gradual-unfreezing", "int8-lora", "full"]
 
 
 def run(name: str, out_dir: Path, overrides: list[str]) -> dict:
-    recipe = Path("recipes") / f"{name}-sst2.toml"
-    args = ["--set", f"output.dir={out_dir / name}", "--set", "output.overwrite=true"]
-    args += ["--set", 'plugins.disable=["progress"]']
-    for item in overrides:
-        args += ["--set", item]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "adapt.cli", "run", str(recipe), *args], check=True)
-    summary = json.loads((out_dir / name / "summary.json").read_text())
-    summary["process_seconds"] = time.perf_counter() - start
-    return summary
+    settings = dict(item.split("=", 1) for item in overrides)
+    return run_recipe(Path("recipes") / f"{name}-sst2.toml", out_dir / name, settings)
 
 
 def row(name: str, s: dict) -> str:

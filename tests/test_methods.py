@@ -300,3 +300,12 @@ def test_more_impossible_combinations(tiny_recipe, catalogue, methods, reason):
 def test_quantisation_is_applied_before_the_methods_that_train_on_it(tiny_recipe, catalogue):
     recipe = load_recipe(tiny_recipe(methods={"lora": {}, "int8": {}}), catalogue.infos)
     assert recipe.methods == ("int8", "lora")
+
+
+def test_unsupported_quantisation_backend_gets_a_clear_message():
+    from adapt import AdaptError
+    from adapt_int8.backend import check_backend
+
+    check_backend(4, torch.device("cpu"), torch.float32)  # this machine's bitsandbytes runs 4-bit on the CPU
+    with pytest.raises(AdaptError, match=r"methods.int8.bits: 4-bit layers do not run on meta .* try bits = 8"):
+        check_backend(4, torch.device("meta"), torch.float32)

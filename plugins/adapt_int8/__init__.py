@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from adapt import AdaptError, PluginInfo, Run, Table, hookimpl
+from adapt_int8.backend import check_backend
 from adapt_int8.memory import weight_memory
 
 NAME = "int8"
@@ -80,6 +81,7 @@ class Int8:
         from transformers import BitsAndBytesConfig
 
         table: Int8Table = run.table(NAME)
+        check_backend(table.bits, run.accelerator.device, getattr(torch, table.compute_dtype))
         keep = [*run.head_modules, *table.skip_modules]
         if table.bits == 8:
             config = BitsAndBytesConfig(
