@@ -65,6 +65,24 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def toy_ner(tmp_path_factory) -> dict[str, Path]:
+    """The toy sentences as JSON lines of words and tags: B-POS / B-NEG on the sentiment word, O elsewhere."""
+    import json
+
+    folder = tmp_path_factory.mktemp("toy-ner")
+    paths = {}
+    for split, (n, seed) in {"train": (192, 1), "eval": (64, 2)}.items():
+        lines = []
+        for text, _ in toy_rows(n, seed):
+            words = text.split()
+            tags = ["B-POS" if w in GOOD else "B-NEG" if w in BAD else "O" for w in words]
+            lines.append(json.dumps({"tokens": words, "ner_tags": tags}))
+        paths[split] = folder / f"{split}.jsonl"
+        paths[split].write_text("\n".join(lines) + "\n")
+    return paths
+
+
 def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
     return {
         "model": {"name": str(model_dir)},
@@ -86,13 +104,15 @@ def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_model_dir, toy_data):
     """Write a recipe for the tiny model and return its path. `changes` are merged per table, except
-    `methods`, which replaces the recipe's methods."""
+    `methods` and a `task` naming another head, which replace the recipe's."""
 
     def write(name: str = "recipe.toml", **changes: dict) -> Path:
         recipe = recipe_dict(tiny_model_dir, toy_data, tmp_path / "run")
         for table, values in changes.items():
-            if table == "methods":
-                recipe["methods"] = values
+            if table == "methods" or (
+                table == "task" and values.get("head", recipe["task"]["head"]) != recipe["task"]["head"]
+            ):
+                recipe[table] = values
             else:
                 recipe.setdefault(table, {}).update(values)
         path = tmp_path / name
