@@ -13,7 +13,15 @@ hookimpl = pluggy.HookimplMarker("adapt")
 from adapt.data import from_pretrained_cached  # noqa: E402
 from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
-from adapt.modeling import count_parameters, find_blocks, head_module_names, preview_head_modules  # noqa: E402
+from adapt.modeling import (  # noqa: E402
+    count_parameters,
+    find_blocks,
+    head_module_names,
+    label_config,
+    load_task_model,
+    preview_head_modules,
+    task_head_modules,
+)
 from adapt.types import Kind, Metrics, NoOptions, PluginInfo, Run, Table  # noqa: E402
 from adapt.weights import load_model_folder, load_tensors_into, save_model_folder, save_tensors  # noqa: E402
 
@@ -37,9 +45,12 @@ __all__ = [
     "from_pretrained_cached",
     "head_module_names",
     "hookimpl",
+    "label_config",
     "load_model_folder",
+    "load_task_model",
     "preview_head_modules",
     "load_tensors_into",
     "save_model_folder",
     "save_tensors",
+    "task_head_modules",
 ]

@@ -54,3 +54,44 @@ def preview_head_modules(auto_class, config) -> list[str]:
     with torch.device("meta"):
         model = auto_class.from_config(config)
     return head_module_names(model)
+
+
+def label_config(labels: list[str]) -> dict:
+    """`from_pretrained` keyword arguments naming a head's classes."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {n: i for i, n in enumerate(labels)},
+    }
+
+
+def task_head_modules(run, auto_class, **config_kwargs) -> list[str]:
+    """A head's `adapt_head_modules` for a transformers Auto class: its config (cache first) built on
+    the meta device."""
+    from transformers import AutoConfig
+
+    from adapt.data import from_pretrained_cached
+
+    model = run.recipe.model
+    config = from_pretrained_cached(
+        AutoConfig.from_pretrained,
+        model.name,
+        key="model.name",
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        **config_kwargs,
+    )
+    return preview_head_modules(auto_class, config)
+
+
+def load_task_model(run, auto_class, load_kwargs: dict, task_type: str, **config_kwargs) -> torch.nn.Module:
+    """A head's `adapt_load_model` for a transformers Auto class: load cache first, then record the
+    head's modules and PEFT task type on the run."""
+    from adapt.data import from_pretrained_cached
+
+    model = from_pretrained_cached(
+        auto_class.from_pretrained, run.recipe.model.name, key="model.name", **config_kwargs, **load_kwargs
+    )
+    run.head_modules = head_module_names(model)
+    run.task_type = task_type
+    return model

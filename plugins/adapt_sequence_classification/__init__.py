@@ -6,16 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from adapt import (
-    AdaptError,
-    PluginInfo,
-    Run,
-    Table,
-    from_pretrained_cached,
-    head_module_names,
-    hookimpl,
-    preview_head_modules,
-)
+from adapt import AdaptError, PluginInfo, Run, Table, hookimpl, label_config, load_task_model, task_head_modules
 from adapt_sequence_classification.labels import label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
@@ -88,44 +79,20 @@ class SequenceClassification:
             desc="tokenising",
         )
 
-    def _label_kwargs(self, run: Run) -> dict[str, Any]:
-        labels = self._resolve_labels(run)
-        return {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {name: i for i, name in enumerate(labels)},
-        }
-
     @hookimpl
     def adapt_head_modules(self, run: Run) -> list[str]:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        model = run.recipe.model
-        config = from_pretrained_cached(
-            AutoConfig.from_pretrained,
-            model.name,
-            key="model.name",
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
-            **self._label_kwargs(run),
-        )
-        return preview_head_modules(AutoModelForSequenceClassification, config)
+        return task_head_modules(run, AutoModelForSequenceClassification, **label_config(self._resolve_labels(run)))
 
     @hookimpl
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
         from transformers import AutoModelForSequenceClassification
 
-        model = from_pretrained_cached(
-            AutoModelForSequenceClassification.from_pretrained,
-            run.recipe.model.name,
-            key="model.name",
-            **self._label_kwargs(run),
-            **load_kwargs,
-        )
+        labels = label_config(self._resolve_labels(run))
+        model = load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **labels)
         if model.config.pad_token_id is None and run.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = run.tokenizer.pad_token_id  # decoder backbones pool on the last real token
-        run.head_modules = head_module_names(model)
-        run.task_type = "SEQ_CLS"
         return model
 
     @hookimpl

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapt import AdaptError, PluginInfo, Run, Table, from_pretrained_cached, hookimpl, preview_head_modules
+from adapt import AdaptError, PluginInfo, Run, Table, hookimpl, label_config, load_task_model, task_head_modules
 from adapt_token_classification.align import encode_words
 from adapt_token_classification.metrics import EntityMetrics
 
@@ -60,45 +60,18 @@ class TokenClassification:
             self.tags = tag_names(run.dataset, table.tags_column)
         return self.tags
 
-    def _label_kwargs(self, run: Run) -> dict[str, Any]:
-        tags = self._resolve_tags(run)
-        return {
-            "num_labels": len(tags),
-            "id2label": dict(enumerate(tags)),
-            "label2id": {t: i for i, t in enumerate(tags)},
-        }
-
     @hookimpl
     def adapt_head_modules(self, run: Run) -> list[str]:
-        from transformers import AutoConfig, AutoModelForTokenClassification
+        from transformers import AutoModelForTokenClassification
 
-        model = run.recipe.model
-        config = from_pretrained_cached(
-            AutoConfig.from_pretrained,
-            model.name,
-            key="model.name",
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
-            **self._label_kwargs(run),
-        )
-        return preview_head_modules(AutoModelForTokenClassification, config)
+        return task_head_modules(run, AutoModelForTokenClassification, **label_config(self._resolve_tags(run)))
 
     @hookimpl
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
         from transformers import AutoModelForTokenClassification
 
-        from adapt import head_module_names
-
-        model = from_pretrained_cached(
-            AutoModelForTokenClassification.from_pretrained,
-            run.recipe.model.name,
-            key="model.name",
-            **self._label_kwargs(run),
-            **load_kwargs,
-        )
-        run.head_modules = head_module_names(model)
-        run.task_type = "TOKEN_CLS"
-        return model
+        tags = label_config(self._resolve_tags(run))
+        return load_task_model(run, AutoModelForTokenClassification, load_kwargs, "TOKEN_CLS", **tags)
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
