@@ -75,3 +75,41 @@ def test_token_classification_names_missing_columns(tiny_recipe, toy_ner, adapt_
     assert "task.tokens_column: the train split has no column 'words'; its columns are: tokens, ner_tags" in " ".join(
         result.stderr.split()
     )
+
+
+def test_label_names_and_class_weights_from_the_recipe(train_tiny, tmp_path):
+    task = {"label_names": ["negative", "positive"], "class_weights": [1.0, 3.0]}
+    run, _, summary = train_tiny(task=task, train={"epochs": 1})
+    assert run.unwrapped_model.config.id2label == {0: "negative", 1: "positive"}
+    saved = json.loads((tmp_path / "run" / "labels.json").read_text())
+    assert saved == {"labels": ["negative", "positive"], "class_weights": [1.0, 3.0]}
+
+
+def test_class_weighted_loss_and_balanced_weights():
+    from datasets import Dataset
+
+    from adapt_sequence_classification import SequenceClassification
+    from adapt_sequence_classification.labels import class_weights
+
+    train = Dataset.from_dict({"labels": [0, 0, 0, 1]})
+    assert class_weights(train, ["a", "b"], "balanced") == [4 / (2 * 3), 4 / (2 * 1)]
+    head = SequenceClassification()
+    head.weights = [1.0, 3.0]
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    loss = head.adapt_compute_loss(batch={"labels": labels}, outputs=SimpleNamespace(logits=logits))
+    per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert loss.item() == pytest.approx(((per_example * torch.tensor([1.0, 1.0, 3.0])).sum() / 5).item())
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ({"label_names": ["a", "b", "c"]}, "task.label_names: 3 names given, but column 'label' holds ids 0..1"),
+        ({"class_weights": [1.0]}, "task.class_weights: 1 weights given for 2 classes (0, 1)"),
+    ],
+)
+def test_label_options_that_do_not_fit_the_data_are_named(tiny_recipe, adapt_cli, task, message):
+    result = adapt_cli("run", str(tiny_recipe(task=task)))
+    assert result.returncode == 1
+    assert message in " ".join(result.stderr.split()), result.stderr[-1500:]

@@ -20,6 +20,7 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "adapter",
+        "labels.json",
         "metrics.jsonl",
         "recipe.toml",
         "summary.json",

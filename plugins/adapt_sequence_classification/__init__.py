@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, hookimpl, label_config, load_task_model, task_head_modules
-from adapt_sequence_classification.labels import label_names, label_to_id
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    atomic_write_text,
+    hookimpl,
+    label_config,
+    load_task_model,
+    task_head_modules,
+)
+from adapt_sequence_classification.labels import class_weights, label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
 NAME = "sequence-classification"
@@ -19,6 +31,10 @@ class SequenceClassificationTable(Table):
     label_column: str = "label"
     #: Normally read from the data (ClassLabel names, or the distinct label values).
     num_labels: int | None = Field(default=None, ge=2)
+    #: Names for the classes in id order (for integer labels), or the id order of string labels.
+    label_names: list[str] | None = None
+    #: Loss weight per class, or "balanced" (inverse class frequency in the training split).
+    class_weights: list[float] | Literal["balanced"] | None = None
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, mapping, max_length) -> dict[str, Any]:
@@ -45,6 +61,8 @@ class SequenceClassification:
 
     def __init__(self) -> None:
         self.labels: list[str] = []
+        self.weights: list[float] | None = None
+        self.weight_tensor = None
 
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
@@ -57,14 +75,14 @@ class SequenceClassification:
         if not self.labels:
             table: SequenceClassificationTable = run.table(NAME)
             check_columns(run.dataset, table)
-            self.labels = label_names(run.dataset, table.label_column, table.num_labels)
+            self.labels = label_names(run.dataset, table.label_column, table.num_labels, table.label_names)
         return self.labels
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
         table: SequenceClassificationTable = run.table(NAME)
         labels = self._resolve_labels(run)
-        return dataset.map(
+        encoded = dataset.map(
             encode_batch,
             batched=True,
             remove_columns=dataset["train"].column_names,
@@ -78,6 +96,25 @@ class SequenceClassification:
             },
             desc="tokenising",
         )
+        self.weights = class_weights(encoded["train"], labels, table.class_weights)
+        return encoded
+
+    @hookimpl
+    def adapt_compute_loss(self, batch: dict[str, Any], outputs: Any):
+        """Class-weighted cross-entropy when the recipe asks for weights; otherwise the model's own loss."""
+        if self.weights is None:
+            return None
+        import torch
+
+        logits = outputs.logits
+        if self.weight_tensor is None:
+            self.weight_tensor = torch.tensor(self.weights, dtype=torch.float32, device=logits.device)
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=self.weight_tensor)
+
+    @hookimpl
+    def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
+        record = {"labels": self.labels, "class_weights": self.weights}
+        atomic_write_text(directory / "labels.json", json.dumps(record, indent=2) + "\n")
 
     @hookimpl
     def adapt_head_modules(self, run: Run) -> list[str]:

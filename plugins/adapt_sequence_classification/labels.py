@@ -5,13 +5,14 @@ from __future__ import annotations
 from adapt import AdaptError
 
 
-def label_names(dataset, column: str, num_labels: int | None) -> list[str]:
-    """Names of the classes, in id order."""
+def label_names(dataset, column: str, num_labels: int | None, names: list[str] | None = None) -> list[str]:
+    """Names of the classes, in id order: the recipe's `label_names` if given (checked against the
+    data), else ClassLabel names, else the label values (integers, or sorted strings)."""
     train = dataset["train"]
     feature = train.features[column]
-    names = getattr(feature, "names", None)
-    if names:
-        return list(names)
+    found = getattr(feature, "names", None)
+    if found:
+        return _named(list(found), names, f"column '{column}' has {len(found)} classes")
     values = set()
     for split in dataset.values():
         values.update(split.unique(column))
@@ -22,8 +23,13 @@ def label_names(dataset, column: str, num_labels: int | None) -> list[str]:
                 "unlabelled rows (such as GLUE's test split) cannot be trained or evaluated on"
             )
         count = max(max(values) + 1, num_labels or 0)
-        return [str(i) for i in range(count)]
+        return _named([str(i) for i in range(count)], names, f"column '{column}' holds ids 0..{count - 1}")
     if all(isinstance(v, str) for v in values):
+        if names is not None:
+            missing = sorted(values - set(names))
+            if missing:
+                raise AdaptError(f"task.label_names: does not name the labels {missing} found in column '{column}'")
+            return list(names)
         return sorted(values)
     raise AdaptError(
         f"task.label_column: column '{column}' must hold integers or strings, found {sorted(map(repr, values))[:5]}"
@@ -36,3 +42,28 @@ def label_to_id(train, column: str, labels: list[str]) -> dict[str, int] | None:
     if getattr(feature, "names", None) or feature.dtype.startswith("int"):
         return None
     return {name: i for i, name in enumerate(labels)}
+
+
+def _named(ids: list[str], names: list[str] | None, what: str) -> list[str]:
+    if names is None:
+        return ids
+    if len(names) != len(ids):
+        raise AdaptError(f"task.label_names: {len(names)} names given, but {what}; give one name per class")
+    return list(names)
+
+
+def class_weights(train, labels: list[str], weights: list[float] | str | None) -> list[float] | None:
+    """Per-class loss weights: the recipe's list, or "balanced" (n / (classes x count), as scikit-learn)."""
+    if weights is None:
+        return None
+    if weights != "balanced":
+        if len(weights) != len(labels):
+            raise AdaptError(
+                f"task.class_weights: {len(weights)} weights given for {len(labels)} classes ({', '.join(labels)})"
+            )
+        return list(weights)
+    counts = [0] * len(labels)
+    for label in train["labels"]:
+        counts[label] += 1
+    total = sum(counts)
+    return [total / (len(labels) * c) if c else 0.0 for c in counts]
