@@ -100,6 +100,11 @@ def test_overrides_are_typed_and_validated(tiny_recipe, catalogue):
     assert "--set 'train.seed.x=1': 'train.seed' is a value, not a table" in problems
 
 
+def test_a_value_fitting_no_alternative_is_one_problem(tiny_recipe, catalogue):
+    problems = problems_of(tiny_recipe(task={"class_weights": "bal"}), catalogue)
+    assert problems == ["task.class_weights: Input should be a valid list or 'balanced' (got 'bal')"]
+
+
 def test_parse_value():
     assert parse_value("3") == 3
     assert parse_value("true") is True

@@ -137,9 +137,25 @@ def _clauses(*parts: str) -> str:
     return out
 
 
+def _merge_union_errors(errors: list[dict]) -> list[dict]:
+    """Pydantic reports a value that fits no member of `list[float] | Literal["balanced"]` once per member,
+    under locations like ('class_weights', 'list[float]'). Make that one error: "... a valid list or 'balanced'"."""
+    out: list[dict] = []
+    unions: dict[str, dict] = {}
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) >= 2 and isinstance(loc[1], str) and err["type"] != "extra_forbidden":
+            if loc[0] in unions:
+                unions[loc[0]]["msg"] += " or " + err["msg"].removeprefix("Input should be ")
+                continue
+            err = unions[loc[0]] = {**err, "loc": loc[:1]}
+        out.append(err)
+    return out
+
+
 def _validation_problems(where: str, model: type[Table], exc: ValidationError) -> list[str]:
     out = []
-    for err in exc.errors():
+    for err in _merge_union_errors(exc.errors()):
         loc = ".".join([where, *(str(p) for p in err["loc"])])
         kind = err["type"]
         if kind == "extra_forbidden":
