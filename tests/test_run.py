@@ -141,3 +141,16 @@ def test_same_recipe_runs_data_parallel_on_two_processes(tiny_recipe, tiny_model
     assert summary["eval"]["accuracy"] == (logits.argmax(-1) == labels).float().mean().item()
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     assert abs(summary["eval"]["loss"] - expected_loss) < 1e-5
+
+
+def test_eval_recomputes_a_finished_runs_metrics(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe())]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == summary["eval"]
+    assert main(["eval", str(tmp_path / "run"), "--json", "--set", "data.max_eval_samples=10"]) == 0
+    assert json.loads(capsys.readouterr().out) != summary["eval"]
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", str(tmp_path / "empty")]) == 1
+    assert "holds no recipe.toml" in capsys.readouterr().err

@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
 
     with_recipe("run", "train, evaluate and save a recipe's run")
     with_recipe("check", "validate a recipe, build its model and show trainable parameters per method")
+    p = sub.add_parser("eval", help="recompute a finished run's metrics on its eval split (or another)")
+    p.add_argument("run_dir", help="a run directory written by `adapt run`")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the run's recipe for this evaluation, e.g. --set data.eval_file=test.tsv",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of a plugin error")
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -99,6 +111,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapt.evaluation import evaluate_run
+    from adapt.manager import Catalogue
+
+    _quiet_libraries()
+    metrics = evaluate_run(Path(args.run_dir), Catalogue.discover(), args.overrides)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    table = RichTable(title=f"eval of {args.run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    stdout.print(table)
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from adapt.manager import Catalogue
 
@@ -139,7 +171,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins}
+COMMANDS = {"run": cmd_run, "check": cmd_check, "eval": cmd_eval, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

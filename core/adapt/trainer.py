@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from adapt.batching import LengthGroupedBatches, padding_efficiency, shard_batches, sorted_batches
+from adapt.batching import LengthGroupedBatches, padding_efficiency
 from adapt.build import build_model, start_run
+from adapt.evaluation import Evaluator
 from adapt.hooks import Hooks
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.manager import Catalogue
@@ -51,12 +52,11 @@ class TrainingLoop:
         self.run = run
         self.hooks = hooks
         self.train_seconds = 0.0
-        self.eval_seconds = 0.0
         self.final_metrics: dict[str, float] = {}
         self.epoch_seconds: list[float] = []
         self.padding_efficiency = 1.0
 
-    def _loaders(self) -> tuple[DataLoader, DataLoader, LengthGroupedBatches]:
+    def _loaders(self) -> tuple[DataLoader, LengthGroupedBatches]:
         run, cfg = self.run, self.run.recipe.train
         run.encoded = self.hooks.encode(run=run, dataset=run.dataset).with_format(None)
         collate = self.hooks.make_collator(run=run)
@@ -69,27 +69,21 @@ class TrainingLoop:
             group_by_length=cfg.group_by_length,
         )
         self.padding_efficiency = padding_efficiency(train_lengths, sampler.batches())
-        eval_lengths = [len(ids) for ids in run.encoded["eval"]["input_ids"]]
-        eval_batches, self.eval_counted = shard_batches(
-            sorted_batches(eval_lengths, cfg.eval_batch_size or 2 * cfg.batch_size),
-            run.accelerator.process_index,
-            run.accelerator.num_processes,
+        self.evaluator = Evaluator(
+            run, self.hooks, run.encoded["eval"], collate, cfg.eval_batch_size or 2 * cfg.batch_size, cfg.num_workers
         )
         workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
         train_dl = DataLoader(run.encoded["train"], batch_sampler=sampler, collate_fn=collate, **workers)
-        eval_dl = DataLoader(run.encoded["eval"], batch_sampler=eval_batches, collate_fn=collate, **workers)
-        return train_dl, eval_dl, sampler
+        return train_dl, sampler
 
     def train(self) -> None:
         from transformers import get_scheduler
 
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
-        train_dl, eval_dl, sampler = self._loaders()
+        train_dl, sampler = self._loaders()
         groups = hooks.param_groups(run=run)
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        # The eval loader is sharded here, not by Accelerate: every example counts exactly once.
         model, optimizer, train_dl = acc.prepare(run.model, optimizer, train_dl)
-        self.eval_dl = eval_dl
         run.model, run.optimizer = model, optimizer
 
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
@@ -143,7 +137,7 @@ class TrainingLoop:
                     hooks.on_log(run=run, logs=window.flush(run, steps_per_epoch, clock.take_window()))
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.max_steps:
                     clock.lap()
-                    self.evaluate()
+                    self.evaluator()
                     clock.resume()
                 if run.step >= run.max_steps:
                     break
@@ -151,43 +145,18 @@ class TrainingLoop:
             self.epoch_seconds.append(round(clock.total - epoch_start, 2))
             run.epoch += 1
         self.train_seconds = clock.total
-        self.final_metrics = self.evaluate()
+        self.final_metrics = self.evaluator()
         acc.wait_for_everyone()
         if run.is_main_process and run.recipe.output.save_artifacts:
             hooks.save_artifacts(run=run, directory=run.output_dir)
         acc.wait_for_everyone()
-
-    def evaluate(self) -> dict[str, float]:
-        """One pass over the eval split: each process takes its own batches, then the metrics merge."""
-        from accelerate.utils import gather_object, send_to_device
-
-        run, acc = self.run, self.run.accelerator
-        start = time.perf_counter()
-        metrics = self.hooks.make_metrics(run=run)
-        run.model.eval()
-        with torch.inference_mode():
-            for batch, counted in zip(self.eval_dl, self.eval_counted, strict=True):
-                batch = send_to_device(batch, acc.device)
-                outputs = run.model(**batch)
-                if counted:
-                    metrics.update(outputs, batch)
-        run.model.train()
-        if acc.num_processes > 1:
-            first, *others = gather_object([metrics])
-            for other in others:
-                first.merge(other)
-            metrics = first
-        result = {k: float(v) for k, v in metrics.compute().items()}
-        self.eval_seconds += time.perf_counter() - start
-        self.hooks.on_evaluate(run=run, metrics=result)
-        return result
 
     def stats(self) -> dict[str, Any]:
         return {
             "eval": self.final_metrics,
             "train_seconds": round(self.train_seconds, 2),
             "epoch_seconds": self.epoch_seconds,
-            "eval_seconds": round(self.eval_seconds, 2),
+            "eval_seconds": round(self.evaluator.seconds, 2),
             "train_samples_per_second": round(self.run.samples_seen / max(self.train_seconds, 1e-9), 2),
             "padding_efficiency": round(self.padding_efficiency, 4),
         }

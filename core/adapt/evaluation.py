@@ -1,0 +1,84 @@
+"""One evaluation pass, shared by training and `adapt eval`: each process takes its own share of the
+length-sorted eval batches (every example exactly once), then the head's metric objects merge."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from adapt.batching import shard_batches, sorted_batches
+from adapt.errors import AdaptError
+from adapt.hooks import Hooks
+from adapt.manager import Catalogue
+from adapt.recipe import load_recipe
+from adapt.types import Run
+
+
+class Evaluator:
+    def __init__(self, run: Run, hooks: Hooks, dataset: Any, collate: Callable, batch_size: int, num_workers: int = 0):
+        self.run = run
+        self.hooks = hooks
+        self.seconds = 0.0
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        batches, self.counted = shard_batches(
+            sorted_batches(lengths, batch_size), run.accelerator.process_index, run.accelerator.num_processes
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+
+    def __call__(self) -> dict[str, float]:
+        from accelerate.utils import gather_object, send_to_device
+
+        run, acc = self.run, self.run.accelerator
+        start = time.perf_counter()
+        metrics = self.hooks.make_metrics(run=run)
+        was_training = run.model.training
+        run.model.eval()
+        with torch.inference_mode():
+            for batch, counted in zip(self.loader, self.counted, strict=True):
+                batch = send_to_device(batch, acc.device)
+                outputs = run.model(**batch)
+                if counted:
+                    metrics.update(outputs, batch)
+        run.model.train(was_training)
+        if acc.num_processes > 1:
+            first, *others = gather_object([metrics])
+            for other in others:
+                first.merge(other)
+            metrics = first
+        result = {k: float(v) for k, v in metrics.compute().items()}
+        self.seconds += time.perf_counter() - start
+        self.hooks.on_evaluate(run=run, metrics=result)
+        return result
+
+
+def evaluate_run(run_dir: Path, catalogue: Catalogue, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """The head's metrics for a finished run: its recipe, its artifacts, and its eval split (or whatever
+    the overrides point `data` at)."""
+    from adapt.build import restore_model, start_run
+
+    recipe_file = run_dir / "recipe.toml"
+    if not recipe_file.is_file():
+        raise AdaptError(f"RUN_DIR: '{run_dir}' holds no recipe.toml; give a directory written by `adapt run`")
+    fixed = ["output.overwrite=true", f"output.dir={json.dumps(str(run_dir))}"]
+    recipe = load_recipe(recipe_file, catalogue.infos, [*fixed, *overrides], broken=catalogue.broken)
+    run, hooks = start_run(recipe, catalogue)
+    restore_model(run, hooks, run_dir)
+    run.encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)
+    run.model = run.accelerator.prepare_model(run.model, evaluation_mode=True)
+    cfg = recipe.train
+    evaluator = Evaluator(
+        run, hooks, run.encoded["eval"], hooks.make_collator(run=run), cfg.eval_batch_size or 2 * cfg.batch_size
+    )
+    return evaluator()
