@@ -26,34 +26,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adapt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_recipe(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, target: str, target_help: str, example: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("recipe", help="a recipe file (TOML)")
+        p.add_argument(target, help=target_help)
         p.add_argument(
             "--set",
             dest="overrides",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a recipe value, e.g. --set train.learning_rate=1e-3 (repeatable)",
+            help=f"override a recipe value, e.g. --set {example} (repeatable)",
         )
         p.add_argument("--traceback", action="store_true", help="show the full traceback of a plugin error")
         return p
 
-    with_recipe("run", "train, evaluate and save a recipe's run")
-    with_recipe("check", "validate a recipe, build its model and show trainable parameters per method")
-    p = sub.add_parser("eval", help="recompute a finished run's metrics on its eval split (or another)")
-    p.add_argument("run_dir", help="a run directory written by `adapt run`")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the run's recipe for this evaluation, e.g. --set data.eval_file=test.tsv",
+    recipe = ("recipe", "a recipe file (TOML)", "train.learning_rate=1e-3")
+    command("run", "train, evaluate and save a recipe's run", *recipe)
+    command("check", "validate a recipe, build its model and show trainable parameters per method", *recipe)
+    p = command(
+        "eval",
+        "recompute a finished run's metrics on its eval split (or another)",
+        "run_dir",
+        "a run directory written by `adapt run`",
+        "data.eval_file=test.tsv",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--traceback", action="store_true", help="show the full traceback of a plugin error")
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
