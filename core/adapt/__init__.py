@@ -10,7 +10,7 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("adapt")
 
-from adapt.data import from_pretrained_cached  # noqa: E402
+from adapt.data import from_pretrained_cached, require_columns  # noqa: E402
 from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
@@ -48,8 +48,9 @@ __all__ = [
     "label_config",
     "load_model_folder",
     "load_task_model",
-    "preview_head_modules",
     "load_tensors_into",
+    "preview_head_modules",
+    "require_columns",
     "save_model_folder",
     "save_tensors",
     "task_head_modules",

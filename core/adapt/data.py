@@ -119,3 +119,17 @@ def _load_file(path: str | None, key: str) -> Any:
         return load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as exc:  # noqa: BLE001 - parse errors come in many types; name the file
         raise AdaptError(f"{key}: cannot read '{path}' as {builder}: {type(exc).__name__}: {exc}") from None
+
+
+def require_columns(dataset: Any, columns: dict[str, str], section: str = "task") -> None:
+    """Every split must hold each column a recipe key names; the error names the key and what exists.
+
+    `columns` maps recipe keys (in `section`) to the column names they give, e.g. {"text_column": "sentence"}.
+    """
+    for split, data in dataset.items():
+        for key, column in columns.items():
+            if column not in data.column_names:
+                raise AdaptError(
+                    f"{section}.{key}: the {split} split has no column '{column}'; "
+                    f"its columns are: {', '.join(data.column_names)}"
+                )

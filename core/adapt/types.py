@@ -111,6 +111,11 @@ class Run:
         return self.recipe.table(plugin)
 
     @property
+    def head_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes of the head modules ("classifier."), for `name.startswith(...)`."""
+        return tuple(f"{name}." for name in self.head_modules)
+
+    @property
     def unwrapped_model(self) -> torch.nn.Module:
         """The model without Accelerate's distributed/compile wrappers (what `save_pretrained` needs)."""
         return self.accelerator.unwrap_model(self.model)

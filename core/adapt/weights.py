@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from adapt.io import atomic_dir, atomic_file
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write `tensors` to a .safetensors file through a temporary file and a rename."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    return Path(path)
 
 
 def load_tensors_into(model: torch.nn.Module, *files: str | Path) -> list[str]:
@@ -48,8 +40,6 @@ def load_tensors_into(model: torch.nn.Module, *files: str | Path) -> list[str]:
 
 def save_model_folder(run, folder: str | Path) -> None:
     """The whole trained model as a standalone Hugging Face folder (config, safetensors, tokenizer)."""
-    from adapt.io import atomic_dir
-
     with atomic_dir(folder) as tmp:
         run.unwrapped_model.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)

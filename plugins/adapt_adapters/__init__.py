@@ -29,8 +29,7 @@ class AdaptersTable(Table):
 
 
 def is_trained(name: str, run: Run) -> bool:
-    heads = tuple(f"{h}." for h in run.head_modules)
-    return name.startswith(heads) or ".adapter." in name
+    return name.startswith(run.head_prefixes) or ".adapter." in name
 
 
 @hookimpl

@@ -34,7 +34,7 @@ def layer_groups(run: Run) -> list[list[str]]:
     block_groups = [[n for n in names if n.startswith(f"{prefix}.{i}.")] for i in reversed(range(len(blocks)))]
     in_blocks = {n for group in block_groups for n in group}
     first_block = names.index(block_groups[-1][0])
-    heads = tuple(f"{h}." for h in run.head_modules)
+    heads = run.head_prefixes
     top = [n for i, n in enumerate(names) if n not in in_blocks and (i > first_block or n.startswith(heads))]
     bottom = [n for i, n in enumerate(names) if n not in in_blocks and i < first_block and not n.startswith(heads)]
     return [group for group in (top, *block_groups, bottom) if group]

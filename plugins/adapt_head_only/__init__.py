@@ -45,7 +45,7 @@ class HeadOnly:
 
     @hookimpl
     def adapt_transform_model(self, run: Run) -> None:
-        heads = tuple(f"{name}." for name in run.head_modules)
+        heads = run.head_prefixes
         for name, param in run.model.named_parameters():
             param.requires_grad_(name.startswith(heads))
 
@@ -54,7 +54,7 @@ class HeadOnly:
         table: HeadOnlyTable = run.table("head-only")
         model = run.unwrapped_model
         backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-        heads = tuple(f"{name}." for name in run.head_modules)
+        heads = run.head_prefixes
         upstream_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(heads))
         if table.cache_features and backbone is not None and not upstream_trains:
             self.cache = FeatureCache(backbone, limit_bytes=int(table.cache_limit_mib * 2**20))
@@ -81,7 +81,7 @@ class HeadOnly:
 
     @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
-        heads = tuple(f"{name}." for name in run.head_modules)
+        heads = run.head_prefixes
         state = {k: v for k, v in run.unwrapped_model.state_dict().items() if k.startswith(heads)}
         save_tensors(state, directory / ARTIFACT)
 

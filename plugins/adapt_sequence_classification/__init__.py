@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from adapt import (
-    AdaptError,
     PluginInfo,
     Run,
     Table,
@@ -17,6 +16,7 @@ from adapt import (
     hookimpl,
     label_config,
     load_task_model,
+    require_columns,
     task_head_modules,
 )
 from adapt_sequence_classification.labels import class_weights, label_names, label_to_id
@@ -47,13 +47,7 @@ def check_columns(dataset, table: SequenceClassificationTable) -> None:
     columns = {"text_column": table.text_column, "label_column": table.label_column}
     if table.text_pair_column:
         columns["text_pair_column"] = table.text_pair_column
-    for split, data in dataset.items():
-        for key, column in columns.items():
-            if column not in data.column_names:
-                raise AdaptError(
-                    f"task.{key}: the {split} split has no column '{column}'; "
-                    f"its columns are: {', '.join(data.column_names)}"
-                )
+    require_columns(dataset, columns)
 
 
 class SequenceClassification:

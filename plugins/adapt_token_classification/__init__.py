@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapt import AdaptError, PluginInfo, Run, Table, hookimpl, label_config, load_task_model, task_head_modules
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    hookimpl,
+    label_config,
+    load_task_model,
+    require_columns,
+    task_head_modules,
+)
 from adapt_token_classification.align import encode_words
 from adapt_token_classification.metrics import EntityMetrics
 
@@ -50,13 +60,7 @@ class TokenClassification:
     def _resolve_tags(self, run: Run) -> list[str]:
         if not self.tags:
             table: TokenClassificationTable = run.table(NAME)
-            for split, data in run.dataset.items():
-                for key in ("tokens_column", "tags_column"):
-                    if getattr(table, key) not in data.column_names:
-                        raise AdaptError(
-                            f"task.{key}: the {split} split has no column '{getattr(table, key)}'; "
-                            f"its columns are: {', '.join(data.column_names)}"
-                        )
+            require_columns(run.dataset, {"tokens_column": table.tokens_column, "tags_column": table.tags_column})
             self.tags = tag_names(run.dataset, table.tags_column)
         return self.tags
 
