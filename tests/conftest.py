@@ -35,6 +35,14 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy():
+    """The toy vocabulary and sentence generator, for test modules (conftest is not importable by them)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(good=GOOD, bad=BAD, filler=FILLER, rows=toy_rows)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) with a word-level vocabulary, saved like a hub checkpoint."""
     import torch

@@ -60,8 +60,8 @@ def test_all_problems_reported_at_once(tiny_recipe, catalogue):
 def test_unknown_head_lists_installed_heads(tiny_recipe, catalogue):
     problems = problems_of(tiny_recipe(task={"head": "regresion"}), catalogue)
     assert problems == [
-        "task.head: no head plugin named 'regresion'; installed heads: sequence-classification, "
-        "token-classification (see `adapt plugins`)"
+        "task.head: no head plugin named 'regresion'; did you mean 'regression'? installed heads: causal-lm, "
+        "multi-label, regression, sequence-classification, token-classification (see `adapt plugins`)"
     ]
 
 
@@ -69,7 +69,7 @@ def test_plugin_of_the_wrong_kind(tiny_recipe, catalogue):
     problems = problems_of(tiny_recipe(task={"head": "lora"}), catalogue)
     assert problems == [
         "task.head: 'lora' is a method plugin, not a head; "
-        "installed heads: sequence-classification, token-classification"
+        "installed heads: causal-lm, multi-label, regression, sequence-classification, token-classification"
     ]
 
 

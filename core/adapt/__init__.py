@@ -12,10 +12,13 @@ hookimpl = pluggy.HookimplMarker("adapt")
 
 from adapt.data import from_pretrained_cached, require_columns  # noqa: E402
 from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
+from adapt.heads import encode_splits, encode_texts, first_split, load_head_state, row_values, save_head_state  # noqa: E402
+from adapt.inference import forward_batches  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
     find_blocks,
+    fresh_modules,
     head_module_names,
     label_config,
     load_task_model,
@@ -41,16 +44,24 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "count_parameters",
+    "encode_splits",
+    "encode_texts",
     "find_blocks",
+    "first_split",
+    "forward_batches",
+    "fresh_modules",
     "from_pretrained_cached",
     "head_module_names",
     "hookimpl",
     "label_config",
+    "load_head_state",
     "load_model_folder",
     "load_task_model",
     "load_tensors_into",
     "preview_head_modules",
     "require_columns",
+    "row_values",
+    "save_head_state",
     "save_model_folder",
     "save_tensors",
     "task_head_modules",

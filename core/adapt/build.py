@@ -54,8 +54,10 @@ def load_tokenizer(recipe: Recipe):
     )
 
 
-def start_run(recipe: Recipe, catalogue: Catalogue) -> tuple[Run, Hooks]:
-    """Register the recipe's plugins, configure them and load tokenizer and data (no model yet)."""
+def start_run(recipe: Recipe, catalogue: Catalogue, splits: str | None = "all") -> tuple[Run, Hooks]:
+    """Register the recipe's plugins, configure them and load tokenizer and data (no model yet).
+
+    `splits`: "all" (train and eval), "eval" (evaluating a finished run) or None (predicting: no data)."""
     from accelerate.utils import set_seed
 
     hooks = Hooks(catalogue.manager(recipe))
@@ -63,7 +65,8 @@ def start_run(recipe: Recipe, catalogue: Catalogue) -> tuple[Run, Hooks]:
     run = Run(recipe=recipe, accelerator=make_accelerator(recipe), output_dir=Path(recipe.output.dir))
     set_seed(recipe.train.seed)
     run.tokenizer = load_tokenizer(recipe)
-    run.dataset = load_splits(recipe.data, seed=recipe.train.seed)
+    if splits is not None:
+        run.dataset = load_splits(recipe.data, seed=recipe.train.seed, train=splits == "all")
     return run, hooks
 
 
@@ -90,6 +93,7 @@ def build_model(run: Run, hooks: Hooks) -> list[ParamCount]:
 
 def restore_model(run: Run, hooks: Hooks, directory: Path) -> None:
     """Load the head's model and each method's saved artifacts from a finished run's directory."""
+    hooks.restore_state(run=run, directory=directory)
     load_base_model(run, hooks)
     for method in run.recipe.methods:
         hooks.load_artifacts(run=run, directory=directory, plugin=method)

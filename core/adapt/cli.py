@@ -1,4 +1,6 @@
-"""`adapt run | check | plugins`. Errors meant for users print as one message, never a traceback."""
+"""`adapt run | check | eval | predict | export | plugins`.
+
+Errors meant for users print as one message, never a traceback."""
 
 from __future__ import annotations
 
@@ -50,7 +52,27 @@ def _parser() -> argparse.ArgumentParser:
         "a run directory written by `adapt run`",
         "data.eval_file=test.tsv",
     )
+    p.add_argument("--data", metavar="FILE", help="evaluate on this file (same columns as the recipe's data)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    run_dir = ("run_dir", "a run directory written by `adapt run`", "data.max_length=128")
+    p = command("predict", "predict with a finished run: labels with scores, tags per word, generated text", *run_dir)
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to predict for")
+    p.add_argument(
+        "--file", help="a .jsonl/.csv/.tsv/.parquet file with the columns of the recipe's data (preprocessed alike)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = command("export", "write a finished run as a Hugging Face model folder", *run_dir)
+    p.add_argument("out", metavar="OUT", help="the folder to create")
+    p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights (a plain transformers model)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        help="largest logit difference a merged export may show against the run "
+        "(default 1e-3; 0.25 for an 8-bit base, whose activations the run also quantised)",
+    )
+    p.add_argument(
+        "--check-examples", type=int, default=64, metavar="N", help="eval examples the merge check compares (64)"
+    )
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -115,7 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from adapt.manager import Catalogue
 
     _quiet_libraries()
-    metrics = evaluate_run(Path(args.run_dir), Catalogue.discover(), args.overrides)
+    metrics = evaluate_run(Path(args.run_dir), Catalogue.discover(), args.overrides, data_file=args.data)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -125,6 +147,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
     stdout.print(table)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapt.manager import Catalogue
+    from adapt.prediction import predict_run
+
+    _quiet_libraries()
+    predictions = predict_run(Path(args.run_dir), args.texts, args.file, Catalogue.discover(), args.overrides)
+    for prediction in predictions:
+        if args.json:
+            print(json.dumps(prediction, ensure_ascii=False))
+        else:
+            stdout.print(_describe(prediction))
+    return 0
+
+
+def _describe(prediction: dict) -> Text:
+    """One prediction for people: the input on its own line, then each field (lists joined by spaces)."""
+    text = Text()
+    for key, value in prediction.items():
+        if isinstance(value, list):
+            value = " ".join(_short(v) for v in value)
+        elif isinstance(value, dict):
+            value = "  ".join(f"{k} {_short(v)}" for k, v in value.items())
+        text.append(f"{key}: ", style="bold" if key != "text" else "dim")
+        text.append(f"{_short(value)}\n")
+    return text
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return "/".join(_short(v) for v in value.values())
+    return str(value)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapt.export import export_run
+    from adapt.manager import Catalogue
+
+    _quiet_libraries()
+    record = export_run(
+        Path(args.run_dir),
+        Path(args.out),
+        Catalogue.discover(),
+        merge=args.merge,
+        atol=args.atol,
+        overrides=args.overrides,
+        check_examples=args.check_examples,
+    )
+    stdout.print(f"exported {args.run_dir} to {args.out} ({'merged' if args.merge else 'not merged'})")
+    if "check" in record:
+        check = record["check"]
+        stdout.print(
+            f"check on {check['examples']} eval examples: max |logit difference| {check['max_abs_logit_diff']:.3g} "
+            f"(atol {check['atol']:g}), top-1 agreement {check['top1_agreement']:.4f}"
+        )
     return 0
 
 
@@ -168,11 +253,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "eval": cmd_eval, "plugins": cmd_plugins}
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "plugins": cmd_plugins,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling `predict`'s TEXT list at the first option; texts after it come back here.
+        if args.command != "predict" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.texts = [*args.texts, *extra]
     try:
         return COMMANDS[args.command](args)
     except AdaptError as exc:

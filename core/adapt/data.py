@@ -66,20 +66,73 @@ def _cached_hub_dataset(section: DataSection) -> Any:
     return load_dataset(folder, section.config)
 
 
-def load_splits(section: DataSection, seed: int) -> Any:
-    """The recipe's train and eval splits as a DatasetDict with keys "train" and "eval"."""
+def load_splits(section: DataSection, seed: int, train: bool = True) -> Any:
+    """The recipe's splits as a DatasetDict with keys "train" and "eval" (only "eval" when `train` is
+    False, for evaluating a finished run), each passed through `data.preprocess` when the recipe has one."""
     from datasets import DatasetDict
 
     if section.dataset is not None:
-        train, evaluation = _dataset_splits(section)
+        train_split, evaluation = _dataset_splits(section)
     else:
-        train = _load_file(section.train_file, "data.train_file")
+        train_split = _load_file(section.train_file, "data.train_file") if train else None
         evaluation = _load_file(section.eval_file, "data.eval_file")
-    if section.max_train_samples is not None and section.max_train_samples < len(train):
-        train = train.shuffle(seed=seed).select(range(section.max_train_samples))
+    splits = {}
+    if train:
+        if section.max_train_samples is not None and section.max_train_samples < len(train_split):
+            train_split = train_split.shuffle(seed=seed).select(range(section.max_train_samples))
+        splits["train"] = train_split
     if section.max_eval_samples is not None and section.max_eval_samples < len(evaluation):
         evaluation = evaluation.select(range(section.max_eval_samples))
-    return DatasetDict(train=train, eval=evaluation)
+    splits["eval"] = evaluation
+    return preprocess(DatasetDict(splits), section.preprocess)
+
+
+def load_file(path: str | Path, key: str) -> Any:
+    """One local data file (.tsv, .csv, .jsonl, .json, .parquet) as a Dataset; errors name `key`."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise AdaptError(f"{key}: '{path}' is not a data file adapt reads; use one of {', '.join(FILE_BUILDERS)}")
+    if not Path(path).is_file():
+        raise AdaptError(f"{key}: no such file '{path}'")
+    return _load_file(str(path), key)
+
+
+def preprocess_function(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The function named by `data.preprocess` ("FILE.py:FUNCTION"), imported from its file."""
+    import importlib.util
+
+    file, _, name = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise AdaptError(f"data.preprocess: no such file '{file}' (paths are relative to the working directory)")
+    module_spec = importlib.util.spec_from_file_location(f"adapt_preprocess_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's file; say which
+        raise AdaptError(f"data.preprocess: importing '{file}' failed: {type(exc).__name__}: {exc}") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise AdaptError(f"data.preprocess: '{file}' defines no function '{name}'; it defines: {', '.join(found)}")
+    return function
+
+
+def preprocess(dataset: Any, spec: str | None) -> Any:
+    if spec is None:
+        return dataset
+    function = preprocess_function(spec)
+
+    def apply(row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = function(row)
+        except Exception as exc:  # noqa: BLE001
+            raise AdaptError(f"data.preprocess: {spec} failed on row {row}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(result, dict):
+            raise AdaptError(f"data.preprocess: {spec} must return a dict of columns, returned {type(result).__name__}")
+        return result
+
+    return dataset.map(apply, desc="preprocessing")
 
 
 def _dataset_splits(section: DataSection) -> tuple[Any, Any]:

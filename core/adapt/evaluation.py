@@ -3,7 +3,6 @@ length-sorted eval batches (every example exactly once), then the head's metric 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,10 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapt.batching import shard_batches, sorted_batches
-from adapt.errors import AdaptError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
-from adapt.recipe import load_recipe
 from adapt.types import Run
 
 
@@ -63,21 +60,21 @@ class Evaluator:
         return result
 
 
-def evaluate_run(run_dir: Path, catalogue: Catalogue, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """The head's metrics for a finished run: its recipe, its artifacts, and its eval split (or whatever
-    the overrides point `data` at)."""
-    from adapt.build import restore_model, start_run
+def evaluate_run(
+    run_dir: Path, catalogue: Catalogue, overrides: Sequence[str] = (), data_file: str | None = None
+) -> dict[str, float]:
+    """The head's metrics for a finished run on its recipe's eval split, or on `data_file` (a local file
+    with the same columns, passed through the recipe's `data.preprocess`)."""
+    from datasets import DatasetDict
 
-    recipe_file = run_dir / "recipe.toml"
-    if not recipe_file.is_file():
-        raise AdaptError(f"RUN_DIR: '{run_dir}' holds no recipe.toml; give a directory written by `adapt run`")
-    fixed = ["output.overwrite=true", f"output.dir={json.dumps(str(run_dir))}"]
-    recipe = load_recipe(recipe_file, catalogue.infos, [*fixed, *overrides], broken=catalogue.broken)
-    run, hooks = start_run(recipe, catalogue)
-    restore_model(run, hooks, run_dir)
+    from adapt.data import load_file, preprocess
+    from adapt.restore import open_run
+
+    run, hooks = open_run(run_dir, catalogue, overrides, splits=None if data_file else "eval")
+    if data_file:
+        run.dataset = preprocess(DatasetDict(eval=load_file(data_file, "--data")), run.recipe.data.preprocess)
     run.encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)
-    run.model = run.accelerator.prepare_model(run.model, evaluation_mode=True)
-    cfg = recipe.train
+    cfg = run.recipe.train
     evaluator = Evaluator(
         run, hooks, run.encoded["eval"], hooks.make_collator(run=run), cfg.eval_batch_size or 2 * cfg.batch_size
     )

@@ -153,6 +153,15 @@ class Hooks:
     def load_artifacts(self, *, run: Run, directory: Path, plugin: str) -> None:
         self._call("adapt_load_artifacts", self._only("adapt_load_artifacts", plugin), run=run, directory=directory)
 
+    def restore_state(self, *, run: Run, directory: Path) -> None:
+        self._call("adapt_restore_state", run=run, directory=directory)
+
+    def predict(self, *, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._provided("adapt_predict", self._call("adapt_predict", run=run, rows=rows), "predictions")
+
+    def export_model(self, *, run: Run, merge: bool, plugin: str) -> None:
+        self._call("adapt_export_model", self._only("adapt_export_model", plugin), run=run, merge=merge)
+
     def summary(self, *, run: Run) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for contribution in reversed(self._call("adapt_summary", run=run)):

@@ -239,6 +239,43 @@ def adapt_load_artifacts(run: Run, directory: Path) -> None:
 
 
 @hookspec
+def adapt_restore_state(run: Run, directory: Path) -> None:
+    """A finished run is being loaded back (``adapt eval``, ``predict``, ``export``): read what
+    ``adapt_save_artifacts`` wrote that is needed *before* the model exists, such as the head's label list.
+
+    Called on every plugin of the run, once, before ``adapt_head_modules``. ``run.dataset`` may hold only
+    the "eval" split, or be None (``adapt predict``), so a head must not need the training data once its
+    state is restored.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_predict(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Predict for raw examples: labels with scores, tags per word, generated text...
+
+    Called by ``adapt predict`` on a restored run; the head implements it (``adapt.forward_batches`` runs
+    the model over encoded rows in length-sorted batches). ``firstresult``: the head answers.
+
+    :param rows: one dict per example with the columns the head reads from data (as named by its recipe
+        table). Texts given on the command line arrive as ``{"text": TEXT}``; a head whose text column has
+        another name reads the key "text" when its own column is absent.
+    :return: one JSON-serialisable dict per row, in order.
+    """
+
+
+@hookspec
+def adapt_export_model(run: Run, merge: bool) -> None:
+    """Make ``run.model`` something whose ``save_pretrained`` folder Hugging Face libraries load.
+
+    Called by ``adapt export`` on a restored run, on one method at a time in composition order (an
+    8-bit base is dequantised before LoRA merges into it). With ``merge``, fold the method into the base
+    architecture's own weights and replace ``run.model`` (LoRA's ``merge_and_unload``); without, leave
+    a model that saves in its library's own format (a PEFT adapter folder). Raise an
+    :class:`adapt.AdaptError` naming the method when it cannot be expressed that way.
+    """
+
+
+@hookspec
 def adapt_summary(run: Run) -> dict[str, Any] | None:
     """Contribute entries to ``summary.json`` (for instance the memory a quantised base saved).
 

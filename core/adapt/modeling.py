@@ -92,6 +92,27 @@ def load_task_model(run, auto_class, load_kwargs: dict, task_type: str, **config
     model = from_pretrained_cached(
         auto_class.from_pretrained, run.recipe.model.name, key="model.name", **config_kwargs, **load_kwargs
     )
+    if getattr(model.config, "pad_token_id", 0) is None and run.tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = run.tokenizer.pad_token_id  # decoder backbones pool on the last real token
     run.head_modules = head_module_names(model)
     run.task_type = task_type
     return model
+
+
+def fresh_modules(model: torch.nn.Module, missing_keys) -> list[str]:
+    """The largest modules all of whose parameters the checkpoint lacked (they start random), e.g.
+    ["cls.predictions.transform"] for a BERT encoder loaded as a causal LM, [] for GPT-2. A module sharing
+    a parameter with a loaded one (a decoder tied to the embeddings) is not fresh."""
+    missing = set(missing_keys)
+    fresh: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(f"{f}.") for f in fresh):
+            continue
+        params = [f"{name}.{p}" for p, _ in module.named_parameters(remove_duplicate=False)]
+        ids = {id(p) for _, p in module.named_parameters()}
+        shared = any(
+            id(p) in ids and not n.startswith(f"{name}.") for n, p in model.named_parameters(remove_duplicate=False)
+        )
+        if params and not shared and all(p in missing for p in params):
+            fresh.append(name)
+    return fresh

@@ -78,8 +78,11 @@ def load_recipe(
     plugins: Mapping[str, PluginInfo],
     overrides: Sequence[str] = (),
     broken: Mapping[str, str] | None = None,
+    check_data: bool = True,
 ) -> Recipe:
-    """Read, override and validate a recipe file. Raises RecipeError listing every problem."""
+    """Read, override and validate a recipe file. Raises RecipeError listing every problem.
+
+    `check_data=False` skips checking that data files exist (a finished run predicting without them)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -91,7 +94,7 @@ def load_recipe(
         raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
     problems: list[str] = []
     apply_overrides(raw, overrides, problems)
-    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {})
+    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {}, check_data=check_data)
     if problems:
         raise RecipeError(str(path), problems)
     assert recipe is not None
@@ -245,6 +248,10 @@ def _data_file_problems(data: DataSection) -> list[str]:
             out.append(f"data.{key}: unsupported file type '{file.suffix}'; use one of {', '.join(DATA_SUFFIXES)}")
         elif not file.is_file():
             out.append(f"data.{key}: no such file '{value}' (looked in {file.resolve().parent})")
+    if data.preprocess is not None:
+        file = Path(data.preprocess.rpartition(":")[0])
+        if not file.is_file():
+            out.append(f"data.preprocess: no such file '{file}' (looked in {file.resolve().parent})")
     return out
 
 
@@ -255,6 +262,7 @@ def validate(
     *,
     source: str,
     broken: Mapping[str, str],
+    check_data: bool = True,
 ) -> Recipe | None:
     """Validate everything that can be checked without loading a model or data; append to `problems`."""
     for key in raw:
@@ -339,7 +347,8 @@ def validate(
 
     data, output = core.get("data"), core.get("output")
     if isinstance(data, DataSection):
-        problems.extend(_data_file_problems(data))
+        if check_data:
+            problems.extend(_data_file_problems(data))
     if isinstance(output, OutputSection):
         problem = _output_problem(output)
         if problem:

@@ -34,6 +34,9 @@ class DataSection(Table):
     max_eval_samples: int | None = Field(default=None, ge=1)
     #: Longer inputs are truncated to this many tokens.
     max_length: int = Field(default=256, ge=8)
+    #: "FILE.py:FUNCTION" (FILE relative to the working directory): called on every raw row, before the
+    #: head encodes it, returning a dict of columns to add or replace (derive a label, build a prompt).
+    preprocess: str | None = Field(default=None, pattern=r"^.+\.py:[A-Za-z_][A-Za-z0-9_]*$")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:

@@ -91,12 +91,16 @@ class Run:
     #: The same splits after the head's `adapt_encode`.
     encoded: DatasetDict | None = None
     model: torch.nn.Module | None = None
-    #: Top-level module names the head creates fresh (e.g. "classifier"): named by the head through
+    #: Names of the modules the head creates fresh ("classifier"; a dotted path such as
+    #: "cls.predictions.transform" when only part of a module is new): named by the head through
     #: `adapt_head_modules` before loading, confirmed in `adapt_load_model`. Methods keep them trainable
     #: (and unquantised) and save them with their artifacts.
     head_modules: list[str] = field(default_factory=list)
     #: PEFT's name for the head's task ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", ...), or None.
     task_type: str | None = None
+    #: Largest logit difference `adapt export --merge` accepts between the export and the run. A method
+    #: whose merge changes the arithmetic (an 8-bit base, dequantised) raises it in `adapt_export_model`.
+    merge_tolerance: float = 1e-3
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     #: Optimizer steps taken so far and the run's total.

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, atomic_write_text, hookimpl, load_tensors_into, save_tensors
+from adapt import AdaptError, PluginInfo, Run, Table, atomic_write_text, hookimpl, load_tensors_into, save_tensors
 from adapt_adapters.inject import ACTIVATIONS, inject
 
 ARTIFACT_DIR = "adapters"
@@ -62,3 +62,12 @@ def adapt_save_artifacts(run: Run, directory: Path) -> None:
 def adapt_load_artifacts(run: Run, directory: Path) -> None:
     adapt_transform_model(run)
     load_tensors_into(run.model, directory / ARTIFACT_DIR / WEIGHTS)
+
+
+@hookimpl
+def adapt_export_model(run: Run) -> None:
+    raise AdaptError(
+        f"methods.adapters: bottleneck adapters add layers (with a non-linearity) that "
+        f"{type(run.unwrapped_model).__name__} does not have, so they cannot be merged into its weights, and "
+        "neither transformers nor PEFT loads them; use the run directory with `adapt predict` / `adapt eval`"
+    )

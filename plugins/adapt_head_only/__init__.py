@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, hookimpl, load_tensors_into, save_tensors
+from adapt import AdaptError, PluginInfo, Run, Table, hookimpl, load_tensors_into, save_tensors
 from adapt_head_only.cache import FeatureCache
 
 ARTIFACT = Path("head") / "head.safetensors"
@@ -46,6 +46,11 @@ class HeadOnly:
     @hookimpl
     def adapt_transform_model(self, run: Run) -> None:
         heads = run.head_prefixes
+        if not heads:
+            raise AdaptError(
+                f"methods.head-only: head '{run.recipe.head}' adds no fresh modules to this model (its output layer "
+                "is pretrained), so a linear probe has nothing to train; use lora or adapters"
+            )
         for name, param in run.model.named_parameters():
             param.requires_grad_(name.startswith(heads))
 

@@ -46,6 +46,8 @@ def lora_config(run: Run):
         use_rslora=table.use_rslora,
         modules_to_save=[*run.head_modules, *table.modules_to_save] or None,
         task_type=run.task_type,
+        # GPT-2's Conv1D layers store weights transposed; PEFT would otherwise warn and switch per layer
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in run.model.modules()),
     )
 
 
@@ -67,3 +69,30 @@ def adapt_load_artifacts(run: Run, directory: Path) -> None:
     from peft import PeftModel
 
     run.model = PeftModel.from_pretrained(run.model, directory / ADAPTER_DIR)
+
+
+@hookimpl
+def adapt_export_model(run: Run, merge: bool) -> None:
+    """Unmerged, the export is PEFT's adapter folder (`AutoPeftModelFor...` loads it); merged, a plain
+    transformers model with each low-rank update added into its base weight."""
+    if merge:
+        run.model = merge_lora(run.unwrapped_model)
+
+
+def merge_lora(model):
+    """`merge_and_unload`, except that a base layer a quantisation method already dequantised to a plain
+    `nn.Linear` gets the update added directly (PEFT's quantised-layer merge would quantise it again)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        if type(base) is torch.nn.Linear:
+            with torch.no_grad():
+                for adapter in module.active_adapters:
+                    base.weight += module.get_delta_weight(adapter).to(base.weight.dtype)
+        else:
+            module.merge()
+    return model.unload()

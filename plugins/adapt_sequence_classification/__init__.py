@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from adapt import (
+    AdaptError,
     PluginInfo,
     Run,
     Table,
-    atomic_write_text,
+    encode_splits,
+    encode_texts,
+    first_split,
+    forward_batches,
     hookimpl,
     label_config,
+    load_head_state,
     load_task_model,
     require_columns,
+    save_head_state,
     task_head_modules,
 )
 from adapt_sequence_classification.labels import class_weights, label_names, label_to_id
@@ -39,8 +44,14 @@ class SequenceClassificationTable(Table):
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, mapping, max_length) -> dict[str, Any]:
     features = tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
-    features["labels"] = [mapping[value] for value in examples[label]] if mapping else examples[label]
+    features["labels"] = [_label_id(mapping, value) for value in examples[label]] if mapping else examples[label]
     return features
+
+
+def _label_id(mapping: dict[str, int], value: str) -> int:
+    if value not in mapping:
+        raise AdaptError(f"task.label_column: label {value!r} is not one of the run's labels ({', '.join(mapping)})")
+    return mapping[value]
 
 
 def check_columns(dataset, table: SequenceClassificationTable) -> None:
@@ -75,22 +86,20 @@ class SequenceClassification:
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
         table: SequenceClassificationTable = run.table(NAME)
+        check_columns(dataset, table)
         labels = self._resolve_labels(run)
-        encoded = dataset.map(
+        encoded = encode_splits(
+            dataset,
             encode_batch,
-            batched=True,
-            remove_columns=dataset["train"].column_names,
-            fn_kwargs={
-                "tokenizer": run.tokenizer,
-                "text": table.text_column,
-                "pair": table.text_pair_column,
-                "label": table.label_column,
-                "mapping": label_to_id(dataset["train"], table.label_column, labels),
-                "max_length": run.recipe.data.max_length,
-            },
-            desc="tokenising",
+            tokenizer=run.tokenizer,
+            text=table.text_column,
+            pair=table.text_pair_column,
+            label=table.label_column,
+            mapping=label_to_id(first_split(dataset), table.label_column, labels),
+            max_length=run.recipe.data.max_length,
         )
-        self.weights = class_weights(encoded["train"], labels, table.class_weights)
+        if "train" in encoded:
+            self.weights = class_weights(encoded["train"], labels, table.class_weights)
         return encoded
 
     @hookimpl
@@ -107,8 +116,25 @@ class SequenceClassification:
 
     @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
-        record = {"labels": self.labels, "class_weights": self.weights}
-        atomic_write_text(directory / "labels.json", json.dumps(record, indent=2) + "\n")
+        save_head_state(directory, {"labels": self.labels, "class_weights": self.weights})
+
+    @hookimpl
+    def adapt_restore_state(self, directory: Path) -> None:
+        state = load_head_state(directory, NAME)
+        self.labels, self.weights = state["labels"], state.get("class_weights")
+
+    @hookimpl
+    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The top label with its probability, and the probability of every label."""
+        table: SequenceClassificationTable = run.table(NAME)
+        texts, features = encode_texts(run, rows, table.text_column, table.text_pair_column)
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
+            for i, probs in zip(indices, outputs.logits.float().softmax(-1).tolist(), strict=True):
+                top = max(range(len(probs)), key=probs.__getitem__)
+                scores = dict(zip(self.labels, probs, strict=True))
+                results[i] = {"text": texts[i], "label": self.labels[top], "score": probs[top], "scores": scores}
+        return results
 
     @hookimpl
     def adapt_head_modules(self, run: Run) -> list[str]:
@@ -121,10 +147,7 @@ class SequenceClassification:
         from transformers import AutoModelForSequenceClassification
 
         labels = label_config(self._resolve_labels(run))
-        model = load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **labels)
-        if model.config.pad_token_id is None and run.tokenizer.pad_token_id is not None:
-            model.config.pad_token_id = run.tokenizer.pad_token_id  # decoder backbones pool on the last real token
-        return model
+        return load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **labels)
 
     @hookimpl
     def adapt_make_collator(self, run: Run):

@@ -8,8 +8,7 @@ from adapt import AdaptError
 def label_names(dataset, column: str, num_labels: int | None, names: list[str] | None = None) -> list[str]:
     """Names of the classes, in id order: the recipe's `label_names` if given (checked against the
     data), else ClassLabel names, else the label values (integers, or sorted strings)."""
-    train = dataset["train"]
-    feature = train.features[column]
+    feature = next(iter(dataset.values())).features[column]
     found = getattr(feature, "names", None)
     if found:
         return _named(list(found), names, f"column '{column}' has {len(found)} classes")

@@ -7,6 +7,7 @@ the CoNLL sense (seqeval), plus token accuracy over labelled positions.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from adapt import (
@@ -14,13 +15,19 @@ from adapt import (
     PluginInfo,
     Run,
     Table,
+    encode_splits,
+    first_split,
+    forward_batches,
     hookimpl,
     label_config,
+    load_head_state,
     load_task_model,
     require_columns,
+    row_values,
+    save_head_state,
     task_head_modules,
 )
-from adapt_token_classification.align import encode_words
+from adapt_token_classification.align import IGNORED, encode_words
 from adapt_token_classification.metrics import EntityMetrics
 
 NAME = "token-classification"
@@ -34,7 +41,7 @@ class TokenClassificationTable(Table):
 def tag_names(dataset, column: str) -> list[str]:
     """Tag names in id order: the ClassLabel names of a Sequence(ClassLabel) column, else the sorted
     distinct string tags of all splits."""
-    feature = getattr(dataset["train"].features[column], "feature", None)
+    feature = getattr(first_split(dataset).features[column], "feature", None)
     names = getattr(feature, "names", None)
     if names:
         return list(names)
@@ -59,10 +66,13 @@ class TokenClassification:
 
     def _resolve_tags(self, run: Run) -> list[str]:
         if not self.tags:
-            table: TokenClassificationTable = run.table(NAME)
-            require_columns(run.dataset, {"tokens_column": table.tokens_column, "tags_column": table.tags_column})
-            self.tags = tag_names(run.dataset, table.tags_column)
+            self._check_columns(run.dataset, run.table(NAME))
+            self.tags = tag_names(run.dataset, run.table(NAME).tags_column)
         return self.tags
+
+    @staticmethod
+    def _check_columns(dataset, table: TokenClassificationTable) -> None:
+        require_columns(dataset, {"tokens_column": table.tokens_column, "tags_column": table.tags_column})
 
     @hookimpl
     def adapt_head_modules(self, run: Run) -> list[str]:
@@ -80,21 +90,18 @@ class TokenClassification:
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
         table: TokenClassificationTable = run.table(NAME)
+        self._check_columns(dataset, table)
         tags = self._resolve_tags(run)
-        feature = getattr(dataset["train"].features[table.tags_column], "feature", None)
+        feature = getattr(first_split(dataset).features[table.tags_column], "feature", None)
         mapping = None if getattr(feature, "names", None) else {t: i for i, t in enumerate(tags)}
-        return dataset.map(
+        return encode_splits(
+            dataset,
             encode_words,
-            batched=True,
-            remove_columns=dataset["train"].column_names,
-            fn_kwargs={
-                "tokenizer": run.tokenizer,
-                "words": table.tokens_column,
-                "tags": table.tags_column,
-                "mapping": mapping,
-                "max_length": run.recipe.data.max_length,
-            },
-            desc="tokenising",
+            tokenizer=run.tokenizer,
+            words=table.tokens_column,
+            tags=table.tags_column,
+            mapping=mapping,
+            max_length=run.recipe.data.max_length,
         )
 
     @hookimpl
@@ -106,3 +113,43 @@ class TokenClassification:
     @hookimpl
     def adapt_make_metrics(self, run: Run) -> EntityMetrics:
         return EntityMetrics(self._resolve_tags(run))
+
+    @hookimpl
+    def adapt_save_artifacts(self, directory: Path) -> None:
+        save_head_state(directory, {"tags": self.tags})
+
+    @hookimpl
+    def adapt_restore_state(self, directory: Path) -> None:
+        self.tags = load_head_state(directory, NAME)["tags"]
+
+    @hookimpl
+    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A tag per word (texts are split on whitespace) and the entities those tags spell."""
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        table: TokenClassificationTable = run.table(NAME)
+        given = row_values(rows, table.tokens_column, "task.tokens_column")
+        words = [w.split() if isinstance(w, str) else list(w) for w in given]
+        dummy = [[self.tags[0]] * len(w) for w in words]  # alignment needs tags; only the positions matter
+        features = encode_words(
+            {"words": words, "tags": dummy},
+            tokenizer=run.tokenizer,
+            words="words",
+            tags="tags",
+            mapping={self.tags[0]: 0},
+            max_length=run.recipe.data.max_length,
+        )
+        encoded = [{name: features[name][i] for name in features} for i in range(len(words))]
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        for indices, batch, outputs in forward_batches(run, encoded, self.adapt_make_collator(run)):
+            predicted = outputs.logits.argmax(-1).cpu()
+            for row, i in enumerate(indices):
+                first_tokens = batch["labels"][row].cpu() != IGNORED
+                tags = [self.tags[t] for t in predicted[row][first_tokens].tolist()]
+                tags += ["O"] * (len(words[i]) - len(tags))  # words cut off by data.max_length
+                entities = [
+                    {"type": kind, "text": " ".join(words[i][start : end + 1]), "start": start, "end": end + 1}
+                    for kind, start, end in get_entities(tags)
+                ]
+                results[i] = {"words": words[i], "tags": tags, "entities": entities}
+        return results

@@ -1,0 +1,140 @@
+"""Causal language-model head for instruction tuning (SFT): learn to write the response to a prompt.
+
+Examples are prompt and response columns, or a column of chat messages rendered by the tokenizer's
+chat template. Only response tokens carry labels (prompt tokens are -100), so the loss, perplexity and
+token accuracy are the response's. `adapt predict` generates greedily from each prompt.
+
+The model is the checkpoint's own LM (`AutoModelForCausalLM`); an encoder checkpoint (BERT) is loaded as
+a decoder, and the modules it lacks start random and train fully, as a classification head would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from adapt import (
+    PluginInfo,
+    Run,
+    Table,
+    encode_splits,
+    fresh_modules,
+    from_pretrained_cached,
+    hookimpl,
+    require_columns,
+    row_values,
+)
+from adapt_causal_lm.encode import CausalCollator, chat_prompt_ids, encode_batch, prompt_ids, special_ids
+from adapt_causal_lm.generate import generate
+from adapt_causal_lm.metrics import PerplexityMetrics
+
+NAME = "causal-lm"
+
+
+class CausalLMTable(Table):
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    #: Instead of prompt and response: a column of conversations ([{"role": ..., "content": ...}, ...])
+    #: rendered by the tokenizer's chat template; the last (assistant) message is learnt.
+    messages_column: str | None = None
+    #: `adapt predict`: greedy generation stops at the end-of-text token or after this many tokens.
+    max_new_tokens: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _one_format(self) -> CausalLMTable:
+        if self.messages_column and {"prompt_column", "response_column"} & self.model_fields_set:
+            raise ValueError("set 'messages_column' or 'prompt_column'/'response_column', not both")
+        return self
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Padding needs a pad token; decoder tokenizers (GPT-2) often have none, and end-of-text serves."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
+
+
+class CausalLM:
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(kind="head", table=CausalLMTable, summary="prompt -> response (SFT); perplexity, generation")
+
+    @hookimpl
+    def adapt_head_modules(self) -> list[str]:
+        return []  # the LM head is pretrained; fresh modules of an encoder checkpoint are found on loading
+
+    @hookimpl
+    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        prepare_tokenizer(run.tokenizer)
+        spec = run.recipe.model
+        config = from_pretrained_cached(
+            AutoConfig.from_pretrained,
+            spec.name,
+            key="model.name",
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+        )
+        if getattr(config, "is_decoder", None) is False:
+            config.is_decoder = True  # an encoder architecture (BERT) then attends causally
+        model, info = from_pretrained_cached(
+            AutoModelForCausalLM.from_pretrained,
+            spec.name,
+            key="model.name",
+            config=config,
+            output_loading_info=True,
+            **load_kwargs,
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = run.tokenizer.pad_token_id
+        run.head_modules = fresh_modules(model, info.get("missing_keys", ()))
+        run.task_type = "CAUSAL_LM"
+        return model
+
+    @hookimpl
+    def adapt_encode(self, run: Run, dataset) -> Any:
+        table: CausalLMTable = run.table(NAME)
+        if table.messages_column:
+            require_columns(dataset, {"messages_column": table.messages_column})
+        else:
+            require_columns(dataset, {"prompt_column": table.prompt_column, "response_column": table.response_column})
+        prepare_tokenizer(run.tokenizer)
+        return encode_splits(
+            dataset,
+            encode_batch,
+            tokenizer=run.tokenizer,
+            prompt=table.prompt_column,
+            response=table.response_column,
+            messages=table.messages_column,
+            max_length=run.recipe.data.max_length,
+        )
+
+    @hookimpl
+    def adapt_make_collator(self, run: Run) -> CausalCollator:
+        prepare_tokenizer(run.tokenizer)
+        return CausalCollator(run.tokenizer.pad_token_id)
+
+    @hookimpl
+    def adapt_make_metrics(self) -> PerplexityMetrics:
+        return PerplexityMetrics()
+
+    @hookimpl
+    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Greedy generation from each row's prompt (or conversation so far)."""
+        table: CausalLMTable = run.table(NAME)
+        prepare_tokenizer(run.tokenizer)
+        if table.messages_column:
+            # a conversation ending with the assistant's answer (an eval file) is asked without that answer
+            conversations = [
+                c[:-1] if c and c[-1].get("role") == "assistant" else c
+                for c in row_values(rows, table.messages_column, "task.messages_column")
+            ]
+            prompts = [chat_prompt_ids(run.tokenizer, c) for c in conversations]
+            shown = [c[-1]["content"] if c else "" for c in conversations]
+        else:
+            shown = row_values(rows, table.prompt_column, "task.prompt_column")
+            prompts = [prompt_ids(run.tokenizer, p) for p in shown]
+        _, eos = special_ids(run.tokenizer)
+        texts = generate(run, prompts, eos, table.max_new_tokens)
+        return [{"prompt": p, "generated": t} for p, t in zip(shown, texts, strict=True)]

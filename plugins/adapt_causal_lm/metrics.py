@@ -1,0 +1,40 @@
+"""Mean token loss, perplexity and next-token accuracy over the response tokens (labels other than -100)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from adapt_causal_lm.encode import IGNORED
+
+
+class PerplexityMetrics:
+    def __init__(self) -> None:
+        self.nll_sum = 0.0
+        self.tokens = 0
+        self.correct = 0
+
+    def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
+        logits = outputs.logits[:, :-1].float()  # position t predicts token t + 1
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORED
+        nll = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORED, reduction="sum"
+        )
+        self.nll_sum += float(nll)
+        self.tokens += int(keep.sum())
+        self.correct += int(((logits.argmax(-1) == targets) & keep).sum())
+
+    def merge(self, other: PerplexityMetrics) -> None:
+        self.nll_sum += other.nll_sum
+        self.tokens += other.tokens
+        self.correct += other.correct
+
+    def compute(self) -> dict[str, float]:
+        if not self.tokens:
+            return {"loss": 0.0, "perplexity": 1.0, "token_accuracy": 0.0}
+        loss = self.nll_sum / self.tokens
+        return {"loss": loss, "perplexity": math.exp(loss), "token_accuracy": self.correct / self.tokens}

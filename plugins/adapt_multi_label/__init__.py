@@ -1,0 +1,190 @@
+"""Multi-label head: any number of labels per text, each a sigmoid; BCE loss; micro/macro F1 at a threshold.
+
+Labels come from one column holding each row's labels (a list of names or of ids), or from one 0/1
+column per label. The threshold is the recipe's (`adapt eval|predict --set task.threshold=...` tries another).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    encode_splits,
+    encode_texts,
+    first_split,
+    forward_batches,
+    hookimpl,
+    label_config,
+    load_head_state,
+    load_task_model,
+    require_columns,
+    save_head_state,
+    task_head_modules,
+)
+from adapt_multi_label.metrics import MultiLabelMetrics
+
+NAME = "multi-label"
+
+
+class MultiLabelTable(Table):
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    #: A column holding each row's labels, as a list of names or of integer ids ...
+    label_column: str | None = None
+    #: ... or one 0/1 column per label, named after the label.
+    label_columns: list[str] | None = Field(default=None, min_length=1)
+    #: Names for integer ids (in id order); normally read from the data.
+    label_names: list[str] | None = None
+    #: A label is predicted when its sigmoid exceeds this.
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MultiLabelTable:
+        if (self.label_column is None) == (self.label_columns is None):
+            raise ValueError("set either 'label_column' (a list of labels per row) or 'label_columns' (0/1 columns)")
+        return self
+
+
+def label_names(dataset, table: MultiLabelTable) -> list[str]:
+    """Label names in id order: the 0/1 columns, ClassLabel names, the recipe's names, or the distinct values."""
+    if table.label_columns:
+        return list(table.label_columns)
+    feature = getattr(first_split(dataset).features[table.label_column], "feature", None)
+    if getattr(feature, "names", None):
+        return list(feature.names)
+    values: set = set()
+    for split in dataset.values():
+        for row in split[table.label_column]:
+            if not isinstance(row, list):
+                raise AdaptError(f"task.label_column: column '{table.label_column}' must hold a list of labels per row")
+            values.update(row)
+    if all(isinstance(v, str) for v in values):
+        return table.label_names or sorted(values)
+    if all(isinstance(v, int) for v in values):
+        count = max(values, default=-1) + 1
+        names = table.label_names or [str(i) for i in range(count)]
+        if len(names) < count:
+            raise AdaptError(f"task.label_names: {len(names)} names given, but the data holds ids up to {count - 1}")
+        return names
+    raise AdaptError(f"task.label_column: column '{table.label_column}' must hold lists of names or of integer ids")
+
+
+def holds_ids(dataset, column: str) -> bool:
+    """Whether a list column holds integer ids (or ClassLabel ids) rather than names."""
+    feature = getattr(first_split(dataset).features[column], "feature", None)
+    return getattr(feature, "names", None) is not None or str(getattr(feature, "dtype", "")).startswith("int")
+
+
+def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, column, columns, index, max_length):
+    features = tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
+    size = len(index)
+    if columns:
+        features["labels"] = [[float(v) for v in row] for row in zip(*(examples[c] for c in columns), strict=True)]
+        return features
+    features["labels"] = []
+    for row in examples[column]:
+        hot = [0.0] * size
+        for value in row:
+            if value not in index:
+                raise AdaptError(f"task.label_column: label {value!r} is not one of the run's labels")
+            hot[index[value]] = 1.0
+        features["labels"].append(hot)
+    return features
+
+
+class MultiLabel:
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(kind="head", table=MultiLabelTable, summary="several labels per text; micro/macro F1")
+
+    def _resolve(self, run: Run) -> list[str]:
+        if not self.labels:
+            table: MultiLabelTable = run.table(NAME)
+            self._check_columns(run.dataset, table)
+            self.labels = label_names(run.dataset, table)
+        return self.labels
+
+    @staticmethod
+    def _check_columns(dataset, table: MultiLabelTable) -> None:
+        columns = {"text_column": table.text_column}
+        if table.text_pair_column:
+            columns["text_pair_column"] = table.text_pair_column
+        if table.label_column:
+            columns["label_column"] = table.label_column
+        for i, column in enumerate(table.label_columns or []):
+            columns[f"label_columns[{i}]"] = column
+        require_columns(dataset, columns)
+
+    def _config(self, run: Run) -> dict[str, Any]:
+        return {**label_config(self._resolve(run)), "problem_type": "multi_label_classification"}
+
+    @hookimpl
+    def adapt_head_modules(self, run: Run) -> list[str]:
+        from transformers import AutoModelForSequenceClassification
+
+        return task_head_modules(run, AutoModelForSequenceClassification, **self._config(run))
+
+    @hookimpl
+    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
+        from transformers import AutoModelForSequenceClassification
+
+        return load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **self._config(run))
+
+    @hookimpl
+    def adapt_encode(self, run: Run, dataset) -> Any:
+        table: MultiLabelTable = run.table(NAME)
+        self._check_columns(dataset, table)
+        labels = self._resolve(run)
+        by_id = table.label_column is not None and holds_ids(dataset, table.label_column)
+        index = {i: i for i in range(len(labels))} if by_id else {name: i for i, name in enumerate(labels)}
+        return encode_splits(
+            dataset,
+            encode_batch,
+            tokenizer=run.tokenizer,
+            text=table.text_column,
+            pair=table.text_pair_column,
+            column=table.label_column,
+            columns=table.label_columns,
+            index=index,
+            max_length=run.recipe.data.max_length,
+        )
+
+    @hookimpl
+    def adapt_make_collator(self, run: Run):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(run.tokenizer)
+
+    @hookimpl
+    def adapt_make_metrics(self, run: Run) -> MultiLabelMetrics:
+        return MultiLabelMetrics(len(self._resolve(run)), run.table(NAME).threshold)
+
+    @hookimpl
+    def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
+        save_head_state(directory, {"labels": self.labels, "threshold": run.table(NAME).threshold})
+
+    @hookimpl
+    def adapt_restore_state(self, directory: Path) -> None:
+        self.labels = load_head_state(directory, NAME)["labels"]
+
+    @hookimpl
+    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The labels whose probability exceeds the threshold, and every label's probability."""
+        table: MultiLabelTable = run.table(NAME)
+        texts, features = encode_texts(run, rows, table.text_column, table.text_pair_column)
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
+            for i, probs in zip(indices, outputs.logits.float().sigmoid().tolist(), strict=True):
+                chosen = [name for name, p in zip(self.labels, probs, strict=True) if p > table.threshold]
+                results[i] = {"text": texts[i], "labels": chosen, "scores": dict(zip(self.labels, probs, strict=True))}
+        return results

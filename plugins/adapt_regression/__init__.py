@@ -1,0 +1,140 @@
+"""Regression head: one or more real-valued targets per text (or text pair); MSE loss, Pearson/Spearman.
+
+Targets are learnt as they are (no scaling), so predictions and the exported model's outputs are in the
+targets' own units. Metrics with several targets are averaged, and also reported per target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    encode_splits,
+    encode_texts,
+    first_split,
+    forward_batches,
+    hookimpl,
+    load_head_state,
+    load_task_model,
+    require_columns,
+    save_head_state,
+    task_head_modules,
+)
+from adapt_regression.metrics import RegressionMetrics
+
+NAME = "regression"
+STATE = "targets.json"
+
+
+class RegressionTable(Table):
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    #: Numeric columns to predict, one model output each.
+    target_columns: list[str] = Field(default=["label"], min_length=1)
+
+
+def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, targets, max_length) -> dict[str, Any]:
+    features = tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
+    features["labels"] = [[float(v) for v in row] for row in zip(*(examples[t] for t in targets), strict=True)]
+    return features
+
+
+def check_numeric(dataset, targets: list[str]) -> None:
+    for column in targets:
+        dtype = first_split(dataset).features[column].dtype
+        if not (dtype.startswith(("float", "int", "uint")) or dtype == "bool"):
+            raise AdaptError(f"task.target_columns: column '{column}' holds {dtype}, not numbers")
+
+
+class Regression:
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(kind="head", table=RegressionTable, summary="real-valued targets; MSE, Pearson, Spearman")
+
+    def _config(self, run: Run) -> dict[str, Any]:
+        if not self.targets:
+            self.targets = list(run.table(NAME).target_columns)
+        return {
+            "num_labels": len(self.targets),
+            "problem_type": "regression",
+            "id2label": dict(enumerate(self.targets)),
+            "label2id": {t: i for i, t in enumerate(self.targets)},
+        }
+
+    @hookimpl
+    def adapt_head_modules(self, run: Run) -> list[str]:
+        from transformers import AutoModelForSequenceClassification
+
+        return task_head_modules(run, AutoModelForSequenceClassification, **self._config(run))
+
+    @hookimpl
+    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
+        from transformers import AutoModelForSequenceClassification
+
+        config = self._config(run)
+        return load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **config)
+
+    @hookimpl
+    def adapt_encode(self, run: Run, dataset) -> Any:
+        table: RegressionTable = run.table(NAME)
+        columns = {"text_column": table.text_column, **{f"target_columns[{i}]": t for i, t in enumerate(self.targets)}}
+        if table.text_pair_column:
+            columns["text_pair_column"] = table.text_pair_column
+        require_columns(dataset, columns)
+        check_numeric(dataset, self.targets)
+        return encode_splits(
+            dataset,
+            encode_batch,
+            tokenizer=run.tokenizer,
+            text=table.text_column,
+            pair=table.text_pair_column,
+            targets=self.targets,
+            max_length=run.recipe.data.max_length,
+        )
+
+    @hookimpl
+    def adapt_make_collator(self, run: Run):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(run.tokenizer)
+
+    @hookimpl
+    def adapt_compute_loss(self, batch: dict[str, Any], outputs: Any):
+        """MSE averaged over examples and targets, in float32 whatever the autocast dtype."""
+        import torch
+
+        logits = outputs.logits.float()
+        return torch.nn.functional.mse_loss(logits, batch["labels"].float().view_as(logits))
+
+    @hookimpl
+    def adapt_make_metrics(self, run: Run) -> RegressionMetrics:
+        self._config(run)
+        return RegressionMetrics(self.targets)
+
+    @hookimpl
+    def adapt_save_artifacts(self, directory: Path) -> None:
+        save_head_state(directory, {"targets": self.targets}, STATE)
+
+    @hookimpl
+    def adapt_restore_state(self, directory: Path) -> None:
+        self.targets = load_head_state(directory, NAME, STATE)["targets"]
+
+    @hookimpl
+    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        table: RegressionTable = run.table(NAME)
+        texts, features = encode_texts(run, rows, table.text_column, table.text_pair_column)
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
+            for i, values in zip(indices, outputs.logits.float().tolist(), strict=True):
+                results[i] = {"text": texts[i], **dict(zip(self.targets, values, strict=True))}
+        return results
