@@ -148,8 +148,8 @@ def test_token_classification_predicts_tags_per_word_and_entities(tiny_recipe, t
     assert prediction["words"] == ["w1", "superb", "w2", "awful"]
     assert prediction["tags"] == ["O", "B-POS", "O", "B-NEG"]
     assert prediction["entities"] == [
-        {"type": "POS", "text": "superb", "start": 1, "end": 2},
-        {"type": "NEG", "text": "awful", "start": 3, "end": 4},
+        {"text": "superb", "type": "POS", "start": 1, "end": 2},
+        {"text": "awful", "type": "NEG", "start": 3, "end": 4},
     ]
     from_file = _predict(capsys, tmp_path / "run", "--file", str(toy_ner["eval"]))
     rows = [json.loads(line) for line in toy_ner["eval"].read_text().splitlines()]

@@ -182,8 +182,9 @@ def _describe(prediction: dict) -> Text:
 def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
-    if isinstance(value, dict):
-        return "/".join(_short(v) for v in value.values())
+    if isinstance(value, dict):  # an item of a list, e.g. an entity: its first field, then the others
+        first, *rest = (_short(v) for v in value.values())
+        return f"{first} ({' '.join(rest)})" if rest else first
     return str(value)
 
 

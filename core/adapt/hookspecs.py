@@ -13,8 +13,12 @@ Conventions (the same as pytest's):
 
 Which plugins take part: method and head plugins only when the recipe names them, infrastructure
 plugins always (unless listed in ``plugins.disable``). Method hooks that act on the model
-(``adapt_transform_model``, ``adapt_load_artifacts``) are called on one method at a time, in the
-composition order, so methods never need to know about each other.
+(``adapt_transform_model``, ``adapt_load_artifacts``, ``adapt_export_model``) are called on one method at
+a time, in the composition order, so methods never need to know about each other.
+
+A finished run is loaded back (``adapt eval``, ``predict``, ``export``) with ``adapt_restore_state``, the
+head's model hooks and ``adapt_load_artifacts`` in place of ``adapt_transform_model``; no training data
+is needed for that.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ class TokenClassification:
                 tags = [self.tags[t] for t in predicted[row][first_tokens].tolist()]
                 tags += ["O"] * (len(words[i]) - len(tags))  # words cut off by data.max_length
                 entities = [
-                    {"type": kind, "text": " ".join(words[i][start : end + 1]), "start": start, "end": end + 1}
+                    {"text": " ".join(words[i][start : end + 1]), "type": kind, "start": start, "end": end + 1}
                     for kind, start, end in get_entities(tags)
                 ]
                 results[i] = {"words": words[i], "tags": tags, "entities": entities}
