@@ -184,3 +184,16 @@ def test_data_preprocess_derives_columns_and_names_itself_in_errors(tiny_recipe,
         )
         assert code in (1, 2)
         assert message in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["plain", "merge"])
+def test_a_fully_fine_tuned_run_exports_as_it_is(tiny_recipe, tmp_path, sample_batch, restore_tiny, merge):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert main(["run", str(tiny_recipe(methods={"full": {}}, train={"epochs": 1}))]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "export"), *(["--merge"] if merge else [])]) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    batch = sample_batch(AutoTokenizer.from_pretrained(tmp_path / "export"))
+    restored = restore_tiny(tmp_path / "run", methods={"full": {}}).model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, restored(**batch).logits)

@@ -12,7 +12,16 @@ hookimpl = pluggy.HookimplMarker("adapt")
 
 from adapt.data import from_pretrained_cached, require_columns  # noqa: E402
 from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
-from adapt.heads import encode_splits, encode_texts, first_split, load_head_state, row_values, save_head_state  # noqa: E402
+from adapt.heads import (  # noqa: E402
+    TextInputs,
+    encode_splits,
+    encode_texts,
+    first_split,
+    load_head_state,
+    row_values,
+    save_head_state,
+    tokenize_texts,
+)
 from adapt.inference import forward_batches  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
@@ -22,6 +31,7 @@ from adapt.modeling import (  # noqa: E402
     head_module_names,
     label_config,
     load_task_model,
+    model_config,
     preview_head_modules,
     task_head_modules,
 )
@@ -40,6 +50,7 @@ __all__ = [
     "RecipeError",
     "Run",
     "Table",
+    "TextInputs",
     "atomic_dir",
     "atomic_write_json",
     "atomic_write_text",
@@ -58,6 +69,7 @@ __all__ = [
     "load_model_folder",
     "load_task_model",
     "load_tensors_into",
+    "model_config",
     "preview_head_modules",
     "require_columns",
     "row_values",
@@ -65,4 +77,5 @@ __all__ = [
     "save_model_folder",
     "save_tensors",
     "task_head_modules",
+    "tokenize_texts",
 ]

@@ -8,6 +8,26 @@ from typing import Any
 
 from adapt.errors import AdaptError
 from adapt.io import atomic_write_json
+from adapt.types import Table
+
+
+class TextInputs(Table):
+    """Recipe keys of a head that reads one text per example, or a pair of texts (subclass it)."""
+
+    text_column: str = "text"
+    text_pair_column: str | None = None
+
+    def input_columns(self) -> dict[str, str]:
+        """{recipe key: column name} of the texts, for `require_columns`."""
+        columns = {"text_column": self.text_column}
+        if self.text_pair_column:
+            columns["text_pair_column"] = self.text_pair_column
+        return columns
+
+
+def tokenize_texts(examples: dict[str, list], *, tokenizer: Any, text: str, pair: str | None, max_length: int):
+    """A batch of rows' texts (and pairs), truncated, unpadded: the collator pads each batch."""
+    return tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
 
 
 def save_head_state(directory: Path, state: dict[str, Any], name: str = "labels.json") -> None:
@@ -40,11 +60,10 @@ def row_values(rows: list[dict[str, Any]], column: str, key: str) -> list[Any]:
     return values
 
 
-def encode_texts(
-    run: Any, rows: list[dict[str, Any]], column: str, pair_column: str | None = None
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """(texts, one tokenised feature dict per row) for heads that read a text and an optional text pair."""
-    texts = row_values(rows, column, "task.text_column")
+def encode_texts(run: Any, rows: list[dict[str, Any]], table: TextInputs) -> tuple[list[str], list[dict[str, Any]]]:
+    """(texts, one tokenised feature dict per row) for `adapt_predict` of a head with `TextInputs`."""
+    pair_column = table.text_pair_column
+    texts = row_values(rows, table.text_column, "task.text_column")
     pairs = None
     if pair_column:
         pairs = [row.get(pair_column) for row in rows]

@@ -65,15 +65,14 @@ def label_config(labels: list[str]) -> dict:
     }
 
 
-def task_head_modules(run, auto_class, **config_kwargs) -> list[str]:
-    """A head's `adapt_head_modules` for a transformers Auto class: its config (cache first) built on
-    the meta device."""
+def model_config(run, **config_kwargs):
+    """The `[model]`'s transformers config (cache first), with `config_kwargs` set on it."""
     from transformers import AutoConfig
 
     from adapt.data import from_pretrained_cached
 
     model = run.recipe.model
-    config = from_pretrained_cached(
+    return from_pretrained_cached(
         AutoConfig.from_pretrained,
         model.name,
         key="model.name",
@@ -81,7 +80,11 @@ def task_head_modules(run, auto_class, **config_kwargs) -> list[str]:
         trust_remote_code=model.trust_remote_code,
         **config_kwargs,
     )
-    return preview_head_modules(auto_class, config)
+
+
+def task_head_modules(run, auto_class, **config_kwargs) -> list[str]:
+    """A head's `adapt_head_modules` for a transformers Auto class: its config built on the meta device."""
+    return preview_head_modules(auto_class, model_config(run, **config_kwargs))
 
 
 def load_task_model(run, auto_class, load_kwargs: dict, task_type: str, **config_kwargs) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from adapt import (
     fresh_modules,
     from_pretrained_cached,
     hookimpl,
+    model_config,
     require_columns,
     row_values,
 )
@@ -65,22 +66,15 @@ class CausalLM:
 
     @hookimpl
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         prepare_tokenizer(run.tokenizer)
-        spec = run.recipe.model
-        config = from_pretrained_cached(
-            AutoConfig.from_pretrained,
-            spec.name,
-            key="model.name",
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-        )
+        config = model_config(run)
         if getattr(config, "is_decoder", None) is False:
             config.is_decoder = True  # an encoder architecture (BERT) then attends causally
         model, info = from_pretrained_cached(
             AutoModelForCausalLM.from_pretrained,
-            spec.name,
+            run.recipe.model.name,
             key="model.name",
             config=config,
             output_loading_info=True,

@@ -15,7 +15,7 @@ from adapt import (
     AdaptError,
     PluginInfo,
     Run,
-    Table,
+    TextInputs,
     encode_splits,
     encode_texts,
     first_split,
@@ -27,15 +27,14 @@ from adapt import (
     require_columns,
     save_head_state,
     task_head_modules,
+    tokenize_texts,
 )
 from adapt_multi_label.metrics import MultiLabelMetrics
 
 NAME = "multi-label"
 
 
-class MultiLabelTable(Table):
-    text_column: str = "text"
-    text_pair_column: str | None = None
+class MultiLabelTable(TextInputs):
     #: A column holding each row's labels, as a list of names or of integer ids ...
     label_column: str | None = None
     #: ... or one 0/1 column per label, named after the label.
@@ -83,7 +82,7 @@ def holds_ids(dataset, column: str) -> bool:
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, column, columns, index, max_length):
-    features = tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
+    features = tokenize_texts(examples, tokenizer=tokenizer, text=text, pair=pair, max_length=max_length)
     size = len(index)
     if columns:
         features["labels"] = [[float(v) for v in row] for row in zip(*(examples[c] for c in columns), strict=True)]
@@ -116,9 +115,7 @@ class MultiLabel:
 
     @staticmethod
     def _check_columns(dataset, table: MultiLabelTable) -> None:
-        columns = {"text_column": table.text_column}
-        if table.text_pair_column:
-            columns["text_pair_column"] = table.text_pair_column
+        columns = table.input_columns()
         if table.label_column:
             columns["label_column"] = table.label_column
         for i, column in enumerate(table.label_columns or []):
@@ -181,7 +178,7 @@ class MultiLabel:
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The labels whose probability exceeds the threshold, and every label's probability."""
         table: MultiLabelTable = run.table(NAME)
-        texts, features = encode_texts(run, rows, table.text_column, table.text_pair_column)
+        texts, features = encode_texts(run, rows, table)
         results: list[dict[str, Any]] = [{} for _ in rows]
         for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
             for i, probs in zip(indices, outputs.logits.float().sigmoid().tolist(), strict=True):

@@ -15,7 +15,7 @@ from adapt import (
     AdaptError,
     PluginInfo,
     Run,
-    Table,
+    TextInputs,
     encode_splits,
     encode_texts,
     first_split,
@@ -26,6 +26,7 @@ from adapt import (
     require_columns,
     save_head_state,
     task_head_modules,
+    tokenize_texts,
 )
 from adapt_regression.metrics import RegressionMetrics
 
@@ -33,15 +34,13 @@ NAME = "regression"
 STATE = "targets.json"
 
 
-class RegressionTable(Table):
-    text_column: str = "text"
-    text_pair_column: str | None = None
+class RegressionTable(TextInputs):
     #: Numeric columns to predict, one model output each.
     target_columns: list[str] = Field(default=["label"], min_length=1)
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, targets, max_length) -> dict[str, Any]:
-    features = tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
+    features = tokenize_texts(examples, tokenizer=tokenizer, text=text, pair=pair, max_length=max_length)
     features["labels"] = [[float(v) for v in row] for row in zip(*(examples[t] for t in targets), strict=True)]
     return features
 
@@ -87,9 +86,7 @@ class Regression:
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
         table: RegressionTable = run.table(NAME)
-        columns = {"text_column": table.text_column, **{f"target_columns[{i}]": t for i, t in enumerate(self.targets)}}
-        if table.text_pair_column:
-            columns["text_pair_column"] = table.text_pair_column
+        columns = {**table.input_columns(), **{f"target_columns[{i}]": t for i, t in enumerate(self.targets)}}
         require_columns(dataset, columns)
         check_numeric(dataset, self.targets)
         return encode_splits(
@@ -132,7 +129,7 @@ class Regression:
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         table: RegressionTable = run.table(NAME)
-        texts, features = encode_texts(run, rows, table.text_column, table.text_pair_column)
+        texts, features = encode_texts(run, rows, table)
         results: list[dict[str, Any]] = [{} for _ in rows]
         for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
             for i, values in zip(indices, outputs.logits.float().tolist(), strict=True):

@@ -11,7 +11,7 @@ from adapt import (
     AdaptError,
     PluginInfo,
     Run,
-    Table,
+    TextInputs,
     encode_splits,
     encode_texts,
     first_split,
@@ -23,6 +23,7 @@ from adapt import (
     require_columns,
     save_head_state,
     task_head_modules,
+    tokenize_texts,
 )
 from adapt_sequence_classification.labels import class_weights, label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
@@ -30,9 +31,7 @@ from adapt_sequence_classification.metrics import ClassificationMetrics
 NAME = "sequence-classification"
 
 
-class SequenceClassificationTable(Table):
-    text_column: str = "text"
-    text_pair_column: str | None = None
+class SequenceClassificationTable(TextInputs):
     label_column: str = "label"
     #: Normally read from the data (ClassLabel names, or the distinct label values).
     num_labels: int | None = Field(default=None, ge=2)
@@ -43,7 +42,7 @@ class SequenceClassificationTable(Table):
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, mapping, max_length) -> dict[str, Any]:
-    features = tokenizer(examples[text], examples[pair] if pair else None, truncation=True, max_length=max_length)
+    features = tokenize_texts(examples, tokenizer=tokenizer, text=text, pair=pair, max_length=max_length)
     features["labels"] = [_label_id(mapping, value) for value in examples[label]] if mapping else examples[label]
     return features
 
@@ -55,9 +54,7 @@ def _label_id(mapping: dict[str, int], value: str) -> int:
 
 
 def check_columns(dataset, table: SequenceClassificationTable) -> None:
-    columns = {"text_column": table.text_column, "label_column": table.label_column}
-    if table.text_pair_column:
-        columns["text_pair_column"] = table.text_pair_column
+    columns = {**table.input_columns(), "label_column": table.label_column}
     require_columns(dataset, columns)
 
 
@@ -127,7 +124,7 @@ class SequenceClassification:
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The top label with its probability, and the probability of every label."""
         table: SequenceClassificationTable = run.table(NAME)
-        texts, features = encode_texts(run, rows, table.text_column, table.text_pair_column)
+        texts, features = encode_texts(run, rows, table)
         results: list[dict[str, Any]] = [{} for _ in rows]
         for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
             for i, probs in zip(indices, outputs.logits.float().softmax(-1).tolist(), strict=True):
