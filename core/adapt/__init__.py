@@ -22,7 +22,7 @@ from adapt.heads import (  # noqa: E402
     save_head_state,
     tokenize_texts,
 )
-from adapt.inference import forward_batches  # noqa: E402
+from adapt.inference import example_logits, forward_batches  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
@@ -57,6 +57,7 @@ __all__ = [
     "count_parameters",
     "encode_splits",
     "encode_texts",
+    "example_logits",
     "find_blocks",
     "first_split",
     "forward_batches",

@@ -16,27 +16,13 @@ import torch
 
 from adapt.errors import AdaptError
 from adapt.hooks import Hooks
-from adapt.inference import forward_batches
+from adapt.inference import example_logits
 from adapt.io import atomic_dir
 from adapt.manager import Catalogue
 from adapt.restore import open_run
 from adapt.types import Run
 
 CHECK_EXAMPLES = 64
-
-
-def _outputs(run: Run, features: list[dict[str, Any]], collate) -> list[torch.Tensor]:
-    """Each example's logits at its real (unpadded) positions, in example order, as float32 on the CPU."""
-    found: dict[int, torch.Tensor] = {}
-    for indices, batch, outputs in forward_batches(run, features, collate):
-        logits = outputs.logits.float().cpu()
-        mask = batch.get("attention_mask")
-        for row, index in enumerate(indices):
-            value = logits[row]
-            if mask is not None and value.dim() >= 2 and value.shape[0] == mask.shape[1]:
-                value = value[mask[row].bool().cpu()]
-            found[index] = value
-    return [found[i] for i in range(len(features))]
 
 
 def compare(reference: list[torch.Tensor], exported: list[torch.Tensor]) -> dict[str, Any]:
@@ -87,7 +73,7 @@ def _reference(run: Run, hooks: Hooks, examples: int):
     encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)["eval"]
     features = encoded.select(range(min(examples, len(encoded)))).to_list()
     collate = hooks.make_collator(run=run)
-    return features, collate, _outputs(run, features, collate)
+    return features, collate, example_logits(run, features, collate)
 
 
 def _check(run: Run, folder: Path, features, collate, reference, atol: float) -> dict[str, Any]:
@@ -100,7 +86,7 @@ def _check(run: Run, folder: Path, features, collate, reference, atol: float) ->
             f"one of the methods ({', '.join(run.recipe.methods)}) does not merge"
         )
     run.model = type(merged).from_pretrained(folder).to(run.accelerator.device)
-    result = {**compare(reference, _outputs(run, features, collate)), "atol": atol}
+    result = {**compare(reference, example_logits(run, features, collate)), "atol": atol}
     if result["max_abs_logit_diff"] > atol:
         raise AdaptError(
             f"--merge: the exported model's logits differ from the run's by up to {result['max_abs_logit_diff']:.3g} "

@@ -257,8 +257,9 @@ def adapt_restore_state(run: Run, directory: Path) -> None:
 def adapt_predict(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Predict for raw examples: labels with scores, tags per word, generated text...
 
-    Called by ``adapt predict`` on a restored run; the head implements it (``adapt.forward_batches`` runs
-    the model over encoded rows in length-sorted batches). ``firstresult``: the head answers.
+    Called by ``adapt predict`` on a restored run; the head implements it (``adapt.example_logits`` runs
+    the model over encoded rows in length-sorted batches and gives each row's logits back in order).
+    ``firstresult``: the head answers.
 
     :param rows: one dict per example with the columns the head reads from data (as named by its recipe
         table). Texts given on the command line arrive as ``{"text": TEXT}``; a head whose text column has

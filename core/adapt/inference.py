@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from adapt.batching import sorted_batches
 from adapt.types import Run
 
 
@@ -18,14 +19,27 @@ def forward_batches(
     Yields (indices of the examples in `features`, the batch on the model's device, the model's outputs)."""
     from accelerate.utils import send_to_device
 
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     was_training = run.model.training
     run.model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                indices = order[start : start + batch_size]
+            for indices in sorted_batches([len(f["input_ids"]) for f in features], batch_size):
                 batch = send_to_device(collate([features[i] for i in indices]), run.accelerator.device)
                 yield indices, batch, run.model(**batch)
     finally:
         run.model.train(was_training)
+
+
+def example_logits(run: Run, features: Sequence[dict[str, Any]], collate: Callable) -> list[torch.Tensor]:
+    """Each example's logits, in example order, as float32 on the CPU; per-token logits are cut to the
+    example's own tokens (no padding), so they line up with its `input_ids` and `labels`."""
+    found: dict[int, torch.Tensor] = {}
+    for indices, batch, outputs in forward_batches(run, features, collate):
+        logits = outputs.logits.float().cpu()
+        mask = batch.get("attention_mask")
+        for row, index in enumerate(indices):
+            value = logits[row]
+            if mask is not None and value.dim() >= 2 and value.shape[0] == mask.shape[1]:
+                value = value[mask[row].bool().cpu()]
+            found[index] = value
+    return [found[i] for i in range(len(features))]

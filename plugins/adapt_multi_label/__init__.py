@@ -18,8 +18,8 @@ from adapt import (
     TextInputs,
     encode_splits,
     encode_texts,
+    example_logits,
     first_split,
-    forward_batches,
     hookimpl,
     label_config,
     load_head_state,
@@ -179,9 +179,9 @@ class MultiLabel:
         """The labels whose probability exceeds the threshold, and every label's probability."""
         table: MultiLabelTable = run.table(NAME)
         texts, features = encode_texts(run, rows, table)
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
-            for i, probs in zip(indices, outputs.logits.float().sigmoid().tolist(), strict=True):
-                chosen = [name for name, p in zip(self.labels, probs, strict=True) if p > table.threshold]
-                results[i] = {"text": texts[i], "labels": chosen, "scores": dict(zip(self.labels, probs, strict=True))}
+        results = []
+        for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):
+            scores = dict(zip(self.labels, logits.sigmoid().tolist(), strict=True))
+            chosen = [name for name, p in scores.items() if p > table.threshold]
+            results.append({"text": text, "labels": chosen, "scores": scores})
         return results

@@ -18,8 +18,8 @@ from adapt import (
     TextInputs,
     encode_splits,
     encode_texts,
+    example_logits,
     first_split,
-    forward_batches,
     hookimpl,
     load_head_state,
     load_task_model,
@@ -60,14 +60,19 @@ class Regression:
     def adapt_plugin_info(self) -> PluginInfo:
         return PluginInfo(kind="head", table=RegressionTable, summary="real-valued targets; MSE, Pearson, Spearman")
 
-    def _config(self, run: Run) -> dict[str, Any]:
+    def _targets(self, run: Run) -> list[str]:
+        """The recipe's target columns (or, for a restored run, those it saved)."""
         if not self.targets:
             self.targets = list(run.table(NAME).target_columns)
+        return self.targets
+
+    def _config(self, run: Run) -> dict[str, Any]:
+        targets = self._targets(run)
         return {
-            "num_labels": len(self.targets),
+            "num_labels": len(targets),
             "problem_type": "regression",
-            "id2label": dict(enumerate(self.targets)),
-            "label2id": {t: i for i, t in enumerate(self.targets)},
+            "id2label": dict(enumerate(targets)),
+            "label2id": {t: i for i, t in enumerate(targets)},
         }
 
     @hookimpl
@@ -86,16 +91,17 @@ class Regression:
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
         table: RegressionTable = run.table(NAME)
-        columns = {**table.input_columns(), **{f"target_columns[{i}]": t for i, t in enumerate(self.targets)}}
+        targets = self._targets(run)
+        columns = {**table.input_columns(), **{f"target_columns[{i}]": t for i, t in enumerate(targets)}}
         require_columns(dataset, columns)
-        check_numeric(dataset, self.targets)
+        check_numeric(dataset, targets)
         return encode_splits(
             dataset,
             encode_batch,
             tokenizer=run.tokenizer,
             text=table.text_column,
             pair=table.text_pair_column,
-            targets=self.targets,
+            targets=targets,
             max_length=run.recipe.data.max_length,
         )
 
@@ -115,8 +121,7 @@ class Regression:
 
     @hookimpl
     def adapt_make_metrics(self, run: Run) -> RegressionMetrics:
-        self._config(run)
-        return RegressionMetrics(self.targets)
+        return RegressionMetrics(self._targets(run))
 
     @hookimpl
     def adapt_save_artifacts(self, directory: Path) -> None:
@@ -130,8 +135,8 @@ class Regression:
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         table: RegressionTable = run.table(NAME)
         texts, features = encode_texts(run, rows, table)
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
-            for i, values in zip(indices, outputs.logits.float().tolist(), strict=True):
-                results[i] = {"text": texts[i], **dict(zip(self.targets, values, strict=True))}
-        return results
+        outputs = example_logits(run, features, self.adapt_make_collator(run))
+        return [
+            {"text": text, **dict(zip(self.targets, values.tolist(), strict=True))}
+            for text, values in zip(texts, outputs, strict=True)
+        ]

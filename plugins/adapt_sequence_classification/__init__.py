@@ -14,8 +14,8 @@ from adapt import (
     TextInputs,
     encode_splits,
     encode_texts,
+    example_logits,
     first_split,
-    forward_batches,
     hookimpl,
     label_config,
     load_head_state,
@@ -125,12 +125,12 @@ class SequenceClassification:
         """The top label with its probability, and the probability of every label."""
         table: SequenceClassificationTable = run.table(NAME)
         texts, features = encode_texts(run, rows, table)
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        for indices, _, outputs in forward_batches(run, features, self.adapt_make_collator(run)):
-            for i, probs in zip(indices, outputs.logits.float().softmax(-1).tolist(), strict=True):
-                top = max(range(len(probs)), key=probs.__getitem__)
-                scores = dict(zip(self.labels, probs, strict=True))
-                results[i] = {"text": texts[i], "label": self.labels[top], "score": probs[top], "scores": scores}
+        results = []
+        for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):
+            probs = logits.softmax(-1).tolist()
+            top = max(range(len(probs)), key=probs.__getitem__)
+            scores = dict(zip(self.labels, probs, strict=True))
+            results.append({"text": text, "label": self.labels[top], "score": probs[top], "scores": scores})
         return results
 
     @hookimpl

@@ -16,8 +16,8 @@ from adapt import (
     Run,
     Table,
     encode_splits,
+    example_logits,
     first_split,
-    forward_batches,
     hookimpl,
     label_config,
     load_head_state,
@@ -125,6 +125,7 @@ class TokenClassification:
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A tag per word (texts are split on whitespace) and the entities those tags spell."""
+        import torch
         from seqeval.metrics.sequence_labeling import get_entities
 
         table: TokenClassificationTable = run.table(NAME)
@@ -140,16 +141,15 @@ class TokenClassification:
             max_length=run.recipe.data.max_length,
         )
         encoded = [{name: features[name][i] for name in features} for i in range(len(words))]
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        for indices, batch, outputs in forward_batches(run, encoded, self.adapt_make_collator(run)):
-            predicted = outputs.logits.argmax(-1).cpu()
-            for row, i in enumerate(indices):
-                first_tokens = batch["labels"][row].cpu() != IGNORED
-                tags = [self.tags[t] for t in predicted[row][first_tokens].tolist()]
-                tags += ["O"] * (len(words[i]) - len(tags))  # words cut off by data.max_length
-                entities = [
-                    {"text": " ".join(words[i][start : end + 1]), "type": kind, "start": start, "end": end + 1}
-                    for kind, start, end in get_entities(tags)
-                ]
-                results[i] = {"words": words[i], "tags": tags, "entities": entities}
+        outputs = example_logits(run, encoded, self.adapt_make_collator(run))
+        results = []
+        for example, logits, sentence in zip(encoded, outputs, words, strict=True):
+            first_tokens = torch.tensor(example["labels"]) != IGNORED
+            tags = [self.tags[t] for t in logits.argmax(-1)[first_tokens].tolist()]
+            tags += ["O"] * (len(sentence) - len(tags))  # words cut off by data.max_length
+            entities = [
+                {"text": " ".join(sentence[start : end + 1]), "type": kind, "start": start, "end": end + 1}
+                for kind, start, end in get_entities(tags)
+            ]
+            results.append({"words": sentence, "tags": tags, "entities": entities})
         return results
