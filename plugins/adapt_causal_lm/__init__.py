@@ -68,7 +68,7 @@ class CausalLM:
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
         from transformers import AutoModelForCausalLM
 
-        prepare_tokenizer(run.tokenizer)
+        prepare_tokenizer(run.tokenizer)  # before anything encodes or pads: the model is always loaded first
         config = model_config(run)
         if getattr(config, "is_decoder", None) is False:
             config.is_decoder = True  # an encoder architecture (BERT) then attends causally
@@ -93,7 +93,6 @@ class CausalLM:
             require_columns(dataset, {"messages_column": table.messages_column})
         else:
             require_columns(dataset, {"prompt_column": table.prompt_column, "response_column": table.response_column})
-        prepare_tokenizer(run.tokenizer)
         return encode_splits(
             dataset,
             encode_batch,
@@ -106,7 +105,6 @@ class CausalLM:
 
     @hookimpl
     def adapt_make_collator(self, run: Run) -> CausalCollator:
-        prepare_tokenizer(run.tokenizer)
         return CausalCollator(run.tokenizer.pad_token_id)
 
     @hookimpl
@@ -117,7 +115,6 @@ class CausalLM:
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Greedy generation from each row's prompt (or conversation so far)."""
         table: CausalLMTable = run.table(NAME)
-        prepare_tokenizer(run.tokenizer)
         if table.messages_column:
             # a conversation ending with the assistant's answer (an eval file) is asked without that answer
             conversations = [
