@@ -87,13 +87,22 @@ def load_splits(section: DataSection, seed: int, train: bool = True) -> Any:
     return preprocess(DatasetDict(splits), section.preprocess)
 
 
+def file_problem(path: str | Path, key: str, suffixes: tuple[str, ...] = tuple(FILE_BUILDERS)) -> str | None:
+    """What is wrong with the file a recipe key or option names (a type adapt cannot read, or no such
+    file), or None. With `suffixes=()` any file type will do."""
+    file = Path(path)
+    if suffixes and file.suffix.lower() not in suffixes:
+        return f"{key}: unsupported file type '{file.suffix}'; use one of {', '.join(suffixes)}"
+    if not file.is_file():
+        return f"{key}: no such file '{path}' (looked in {file.resolve().parent})"
+    return None
+
+
 def load_file(path: str | Path, key: str) -> Any:
     """One local data file (.tsv, .csv, .jsonl, .json, .parquet) as a Dataset; errors name `key`."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in FILE_BUILDERS:
-        raise AdaptError(f"{key}: '{path}' is not a data file adapt reads; use one of {', '.join(FILE_BUILDERS)}")
-    if not Path(path).is_file():
-        raise AdaptError(f"{key}: no such file '{path}'")
+    problem = file_problem(path, key)
+    if problem:
+        raise AdaptError(problem)
     return _load_file(str(path), key)
 
 
@@ -103,8 +112,9 @@ def preprocess_function(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]
 
     file, _, name = spec.rpartition(":")
     path = Path(file)
-    if not path.is_file():
-        raise AdaptError(f"data.preprocess: no such file '{file}' (paths are relative to the working directory)")
+    problem = file_problem(path, "data.preprocess", suffixes=())
+    if problem:
+        raise AdaptError(problem)
     module_spec = importlib.util.spec_from_file_location(f"adapt_preprocess_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

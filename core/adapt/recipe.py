@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapt.data import FILE_BUILDERS, file_problem
 from adapt.errors import RecipeError
 from adapt.sections import (
     CORE_SECTIONS,
@@ -31,7 +32,6 @@ from adapt.types import PluginInfo, Table
 
 TOP_LEVEL = (*CORE_SECTIONS, "methods", "plugins")
 REQUIRED_SECTIONS = ("model", "data", "task", "output")
-DATA_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -238,21 +238,11 @@ def _output_problem(output: OutputSection) -> str | None:
 
 
 def _data_file_problems(data: DataSection) -> list[str]:
-    out = []
-    for key in ("train_file", "eval_file"):
-        value = getattr(data, key)
-        if value is None:
-            continue
-        file = Path(value)
-        if file.suffix.lower() not in DATA_SUFFIXES:
-            out.append(f"data.{key}: unsupported file type '{file.suffix}'; use one of {', '.join(DATA_SUFFIXES)}")
-        elif not file.is_file():
-            out.append(f"data.{key}: no such file '{value}' (looked in {file.resolve().parent})")
+    files = [(f"data.{key}", getattr(data, key), tuple(FILE_BUILDERS)) for key in ("train_file", "eval_file")]
     if data.preprocess is not None:
-        file = Path(data.preprocess.rpartition(":")[0])
-        if not file.is_file():
-            out.append(f"data.preprocess: no such file '{file}' (looked in {file.resolve().parent})")
-    return out
+        files.append(("data.preprocess", data.preprocess.rpartition(":")[0], ()))
+    problems = (file_problem(path, key, suffixes) for key, path, suffixes in files if path is not None)
+    return [problem for problem in problems if problem]
 
 
 def validate(
