@@ -175,7 +175,8 @@ def test_data_preprocess_derives_columns_and_names_itself_in_errors(tiny_recipe,
         + str(tasks)
         + "' defines no function 'nothing'; it defines: shout, broken",
         f"{tasks}:broken": "data.preprocess: " + str(tasks) + ":broken failed on row",
-        "tasks.txt:shout": "data.preprocess: String should match pattern",
+        "tasks.txt:shout": "data.preprocess: expected 'FILE.py:FUNCTION' (e.g. 'recipes/my_tasks.py:to_prompt'), "
+        "got 'tasks.txt:shout'",
     }
     for spec, message in problems.items():
         capsys.readouterr()
@@ -197,3 +198,11 @@ def test_a_fully_fine_tuned_run_exports_as_it_is(tiny_recipe, tmp_path, sample_b
     restored = restore_tiny(tmp_path / "run", methods={"full": {}}).model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, restored(**batch).logits)
+
+
+def test_export_options_must_be_positive(capsys):
+    for option in (["--check-examples", "0"], ["--atol", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "RUN", "OUT", "--merge", *option])
+        assert exit_info.value.code == 2
+        assert f"argument {option[0]}: must be above 0, got {option[1]}" in capsys.readouterr().err

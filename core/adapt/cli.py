@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -66,16 +66,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights (a plain transformers model)")
     p.add_argument(
         "--atol",
-        type=float,
+        type=_positive(float),
         help="largest logit difference a merged export may show against the run "
         "(default 1e-3; 0.25 for an 8-bit base, whose activations the run also quantised)",
     )
     p.add_argument(
-        "--check-examples", type=int, default=64, metavar="N", help="eval examples the merge check compares (64)"
+        "--check-examples",
+        type=_positive(int),
+        default=64,
+        metavar="N",
+        help="eval examples the merge check compares (64)",
     )
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
 
 
 def _quiet_libraries() -> None:

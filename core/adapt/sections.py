@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapt.types import Table
 
@@ -36,7 +37,14 @@ class DataSection(Table):
     max_length: int = Field(default=256, ge=8)
     #: "FILE.py:FUNCTION" (FILE relative to the working directory): called on every raw row, before the
     #: head encodes it, returning a dict of columns to add or replace (derive a label, build a prompt).
-    preprocess: str | None = Field(default=None, pattern=r"^.+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+    preprocess: str | None = None
+
+    @field_validator("preprocess")
+    @classmethod
+    def _file_and_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r".+\.py:[A-Za-z_]\w*", value):
+            raise ValueError(f"expected 'FILE.py:FUNCTION' (e.g. 'recipes/my_tasks.py:to_prompt'), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
