@@ -101,6 +101,14 @@ class Int8:
     def adapt_transform_model(self, run: Run) -> None:
         for param in run.model.parameters():
             param.requires_grad_(False)  # methods applied after this one choose what trains
+        for module in run.model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer for its fast kernel the first time
+                # it runs in eval mode, keeping the scales in bf16, and unpacks it (rounded) when training
+                # resumes: the trained model would then differ from its own restore, and a layer whose input is
+                # narrower than the 64-wide block fails to repack. The portable kernel computes the same on
+                # every CPU kind.
+                module.support_avx512bf16_for_cpu = False
         self.memory = weight_memory(run.model)
 
     @hookimpl
