@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 
-def run_recipe(recipe: str | Path, out: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's summary, plus `process_seconds`: the wall time of the whole command, start-up included."""
+def run_recipe(
+    recipe: str | Path, out: Path, overrides: dict[str, Any] | None = None, extra: list[str] | None = None
+) -> dict[str, Any]:
+    """The run's summary, plus `process_seconds`: the wall time of the whole command, start-up included.
+    `extra`: further command-line arguments (`--resume`)."""
     settings = {"output.dir": out, "output.overwrite": "true", "plugins.disable": '["progress"]', **(overrides or {})}
     args = [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "adapt.cli", "run", str(recipe), *args], check=True)
+    subprocess.run([sys.executable, "-m", "adapt.cli", "run", str(recipe), *args, *(extra or [])], check=True)
     summary = json.loads((Path(out) / "summary.json").read_text())
     summary["process_seconds"] = time.perf_counter() - start
     return summary

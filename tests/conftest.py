@@ -130,6 +130,24 @@ def tiny_recipe(tmp_path, tiny_model_dir, toy_data):
     return write
 
 
+@pytest.fixture(scope="session")
+def install_fixture(tmp_path_factory):
+    """pip-install the package tests/fixtures/NAME into a folder of its own (the project's venv is left alone)
+    and return that folder, for PYTHONPATH."""
+    installed: dict[str, Path] = {}
+
+    def install(name: str) -> Path:
+        if name not in installed:
+            target = tmp_path_factory.mktemp(f"site-{name}")
+            source = Path(__file__).parent / "fixtures" / name
+            pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+            subprocess.run([*pip, "--target", str(target), str(source)], check=True, capture_output=True)
+            installed[name] = target
+        return installed[name]
+
+    return install
+
+
 def run_adapt(*args: str, env: dict | None = None, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`adapt ARGS` in a fresh interpreter (HF_HUB_OFFLINE and PYTHONPATH count only at start-up), optionally
     under a launcher such as torchrun; built-in plugins only unless `env` says otherwise."""
@@ -141,6 +159,21 @@ def run_adapt(*args: str, env: dict | None = None, launcher: tuple[str, ...] = (
 @pytest.fixture
 def adapt_cli():
     return run_adapt
+
+
+@pytest.fixture
+def adapt_with_crash(install_fixture):
+    """`adapt` in a subprocess with the adapt-crash fixture plugin installed: `--set plugins.crash.step=N`
+    (or `micro_batch=N`, `signal="SIGTERM"`, `twice=true`) makes the process signal itself there."""
+    site = install_fixture("adapt-crash")
+
+    def run(*args: str, launcher: tuple[str, ...] = ()):
+        env = {"PYTHONPATH": str(site), "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0"}
+        if launcher:  # torchrun: CPU processes over gloo, one thread each
+            env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+        return run_adapt(*args, env=env, launcher=launcher)
+
+    return run
 
 
 class _Capture:

@@ -124,12 +124,10 @@ def test_data_needs_exactly_one_source(tiny_recipe, catalogue):
     assert "data: set 'dataset' or 'train_file'/'eval_file', not both" in problems
 
 
-def test_nonempty_output_dir_is_kept_unless_overwrite(tiny_recipe, catalogue, tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "summary.json").write_text("{}")
+def test_output_dir_that_is_a_file_is_refused(tiny_recipe, catalogue, tmp_path):
+    (tmp_path / "run").write_text("not a folder")
     problems = problems_of(tiny_recipe(), catalogue)
-    assert problems[0].startswith("output.dir:") and "--set output.overwrite=true" in problems[0]
-    load_recipe(tiny_recipe(), catalogue.infos, ["output.overwrite=true"])
+    assert problems == [f"output.dir: '{tmp_path / 'run'}' exists and is not a directory"]
 
 
 def test_disable_names_infrastructure_plugins(tiny_recipe, catalogue):

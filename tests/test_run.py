@@ -19,6 +19,8 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     assert main(["run", str(tiny_recipe(train={"eval_every": 5}))]) == 0
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".adapt-run.json",  # the marker: adapt wrote this folder, and its run finished
+        ".adapt-run.lock",  # held while a process trains into the folder
         "adapter",
         "labels.json",
         "metrics.jsonl",
@@ -45,6 +47,9 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     assert [r["step"] for r in train_logs] == list(range(2, 25, 2))
     assert [r["step"] for r in evals] == [5, 10, 15, 20, 24]
     assert evals[-1]["accuracy"] == summary["eval"]["accuracy"]
+    assert json.loads((run_dir / ".adapt-run.json").read_text())["status"] == "finished"
+    # every eval (5, 10, 15, 20) and both epoch ends; LoRA and the head only, then deleted once the run finished
+    assert summary["checkpoints"]["count"] == 6 and 0 < summary["checkpoints"]["bytes"] < 200_000
     resolved = (run_dir / "recipe.toml").read_text()
     assert "[methods.lora]" in resolved and "dropout = 0.0" in resolved  # defaults written out
     err = capsys.readouterr().err

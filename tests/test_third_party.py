@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).parent / "fixtures" / "adapt-hello"
-
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """adapt-hello installed with pip into a folder of its own (the project's venv is left alone)."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(FIXTURE),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return target
+def site(install_fixture) -> Path:
+    """adapt-hello installed with pip into a folder of its own."""
+    return install_fixture("adapt-hello")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from adapt.heads import (  # noqa: E402
     tokenize_texts,
 )
 from adapt.inference import example_logits, forward_batches  # noqa: E402
+from adapt.interrupts import Interrupted  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptError",
+    "Interrupted",
     "Kind",
     "Metrics",
     "NoOptions",

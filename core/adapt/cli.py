@@ -16,6 +16,8 @@ from rich.text import Text
 
 from adapt import __version__
 from adapt.errors import AdaptError, PluginError
+from adapt.interrupts import Interrupted
+from adapt.rundir import LATEST
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -43,7 +45,21 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     recipe = ("recipe", "a recipe file (TOML)", "train.learning_rate=1e-3")
-    command("run", "train, evaluate and save a recipe's run", *recipe)
+    p = command(
+        "run",
+        "train, evaluate and save a recipe's run",
+        "recipe",
+        "a recipe file (TOML), or a run directory to continue with --resume",
+        "train.learning_rate=1e-3",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=LATEST,
+        metavar="CHECKPOINT",
+        help="continue the run in output.dir from its newest complete checkpoint (or from CHECKPOINT, a "
+        "checkpoints/step-N folder); a finished run is left as it is, and with nothing to resume a new run starts",
+    )
     command("check", "validate a recipe, build its model and show trainable parameters per method", *recipe)
     p = command(
         "eval",
@@ -123,11 +139,16 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if Path(args.recipe).is_dir():  # a run directory: its recipe as run, and the folder as it is named now
+        args.recipe = str(Path(args.recipe) / "recipe.toml")
+        args.overrides = [f"output.dir={json.dumps(str(Path(args.recipe).parent))}", *args.overrides]
     catalogue, recipe = _load(args)
     _quiet_libraries()
     from adapt.trainer import run_recipe
 
-    run_recipe(recipe, catalogue)
+    run_recipe(recipe, catalogue, resume=args.resume)
     return 0
 
 
@@ -299,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stderr.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         if isinstance(exc, PluginError):
             stderr.print("(run again with --traceback for the full traceback)", style="dim")
+        return exc.exit_code
+    except Interrupted as exc:
+        stderr.print(Text(exc.message, style="yellow"), soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         stderr.print("interrupted", style="yellow")

@@ -32,6 +32,9 @@ class Evaluator:
             collate_fn=collate,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
+            # Its own generator: an evaluation must not draw from the RNG that training's dropout uses, so
+            # that when (and how often) a run evaluates does not change what it trains.
+            generator=torch.Generator(),
         )
 
     def __call__(self) -> dict[str, float]:

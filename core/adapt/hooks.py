@@ -168,6 +168,22 @@ class Hooks:
             merged.update(contribution)
         return merged
 
+    def checkpoint_state(self, *, run: Run) -> dict[str, Any]:
+        """Each plugin's own answer, by plugin name (None answers left out)."""
+        states = {}
+        for impl in self.pm.hook.adapt_checkpoint_state.get_hookimpls():
+            caller = self._only("adapt_checkpoint_state", impl.plugin_name)
+            answers = [a for a in self._call("adapt_checkpoint_state", caller, run=run) if a is not None]
+            if answers:
+                states[impl.plugin_name] = answers[0]
+        return states
+
+    def load_checkpoint_state(self, *, run: Run, states: dict[str, Any]) -> None:
+        for impl in self.pm.hook.adapt_load_checkpoint_state.get_hookimpls():
+            if impl.plugin_name in states:
+                caller = self._only("adapt_load_checkpoint_state", impl.plugin_name)
+                self._call("adapt_load_checkpoint_state", caller, run=run, state=states[impl.plugin_name])
+
     def on_train_error(self, *, run: Run, error: BaseException) -> None:
         self._call("adapt_on_train_error", run=run, error=error)
 

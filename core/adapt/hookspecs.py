@@ -175,12 +175,14 @@ def adapt_make_metrics(run: Run) -> Metrics | None:
 @hookspec
 def adapt_on_train_start(run: Run) -> None:
     """Training is about to start: model, optimizer and data loaders are prepared, and
-    ``run.max_steps`` holds the number of optimizer steps."""
+    ``run.max_steps`` holds the number of optimizer steps. On a resumed run (``run.resumed_from`` set),
+    ``run.step`` is where training continues and plugin states are already loaded."""
 
 
 @hookspec
 def adapt_on_epoch_start(run: Run, epoch: int) -> None:
-    """An epoch is starting. ``epoch`` counts from 0; ``run.step`` is the optimizer step so far."""
+    """An epoch is starting. ``epoch`` counts from 0; ``run.step`` is the optimizer step so far. A run
+    resumed in the middle of an epoch does not call it again for that epoch."""
 
 
 @hookspec(firstresult=True)
@@ -290,9 +292,36 @@ def adapt_summary(run: Run) -> dict[str, Any] | None:
 
 
 @hookspec
+def adapt_checkpoint_state(run: Run) -> dict[str, Any] | None:
+    """Give the state this plugin needs back to continue training exactly after a resume (a schedule's
+    position, counters, what a cache holds). Whatever the methods made trainable, the optimizer, the
+    scheduler, RNG states and the data position are saved by the core; return only your own state.
+
+    Called on every process, asked of each plugin on its own, whenever a checkpoint is written (every
+    ``train.checkpoint_every`` steps, at each epoch end and when a signal stops the run), after the step's
+    ``adapt_on_step_end``, log and evaluation. The main process's answer is stored.
+
+    :return: a dict of tensors, numbers, strings, lists and dicts (what ``torch.load(weights_only=True)``
+        reads back), or None when there is nothing to keep.
+    """
+
+
+@hookspec
+def adapt_load_checkpoint_state(run: Run, state: dict[str, Any]) -> None:
+    """Take back what ``adapt_checkpoint_state`` returned, when ``adapt run --resume`` continues a run.
+
+    Called once per plugin that saved a state, after the model, optimizer and scheduler are built and
+    their checkpointed values loaded, and before ``adapt_on_train_start`` (``run.resumed_from`` is set and
+    ``run.step`` is the checkpoint's). Plugins may change ``requires_grad`` here (for instance to unfreeze
+    the layer groups that were training); the optimizer state and learning rates are already restored.
+    """
+
+
+@hookspec
 def adapt_on_train_error(run: Run, error: BaseException) -> None:
     """The run failed (or was interrupted) after ``adapt_on_train_start``: close displays and files.
-    The error is raised again once every plugin has been called."""
+    ``error`` is an ``adapt.Interrupted`` (a KeyboardInterrupt) when SIGINT or SIGTERM stopped the run, after
+    its checkpoint was written. The error is raised again once every plugin has been called."""
 
 
 @hookspec

@@ -222,19 +222,12 @@ def order_methods(names: Sequence[str], plugins: Mapping[str, PluginInfo]) -> li
 
 
 def _output_problem(output: OutputSection) -> str | None:
+    """Only what is wrong whatever the command; whether the folder may be used is `adapt run`'s decision
+    (adapt.rundir: a lock, resume or replace)."""
     target = Path(output.dir)
     if target.exists() and not target.is_dir():
         return f"output.dir: '{target}' exists and is not a directory"
-    if output.overwrite or not target.is_dir():
-        return None
-    held = sorted(p.name for p in target.iterdir())
-    if not held:
-        return None
-    shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
-    return (
-        f"output.dir: '{target}' already holds an earlier run ({shown}); choose another directory "
-        "or replace it with --set output.overwrite=true"
-    )
+    return None
 
 
 def _data_file_problems(data: DataSection) -> list[str]:

@@ -21,13 +21,17 @@ def open_run(
     `splits` as for `start_run`: "eval" loads the recipe's eval split, None no data at all."""
     from adapt.build import restore_model, start_run
     from adapt.recipe import load_recipe
+    from adapt.rundir import describe_stop, has_trained_model
 
     recipe_file = run_dir / "recipe.toml"
     if not recipe_file.is_file():
         raise AdaptError(f"RUN_DIR: '{run_dir}' holds no recipe.toml; give a directory written by `adapt run`")
-    if not (run_dir / "summary.json").is_file():
-        raise AdaptError(f"RUN_DIR: '{run_dir}' holds no summary.json: its run did not finish, so nothing was saved")
-    fixed = ["output.overwrite=true", f"output.dir={json.dumps(str(run_dir))}"]
+    if not has_trained_model(run_dir):
+        raise AdaptError(
+            f"RUN_DIR: the run in '{run_dir}' did not finish ({describe_stop(run_dir)}), so no trained model was "
+            f"saved; continue it with `adapt run {run_dir} --resume`"
+        )
+    fixed = [f"output.dir={json.dumps(str(run_dir))}"]
     recipe = load_recipe(
         recipe_file, catalogue.infos, [*fixed, *overrides], broken=catalogue.broken, check_data=splits is not None
     )

@@ -79,11 +79,25 @@ class TrainSection(Table):
     group_by_length: bool = True
     length_pool: int = Field(default=64, ge=1)
     num_workers: int = Field(default=0, ge=0)
+    #: Write a checkpoint every N optimizer steps (default: every eval, else every 500 steps), plus one at each
+    #: epoch end and one when SIGINT/SIGTERM stops the run.
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    #: Checkpoints kept (older ones are deleted); 0 writes none. All are deleted once the run has finished.
+    keep_checkpoints: int = Field(default=2, ge=0)
+    #: A loss that is not finite: "stop" the run (naming the step and terms) or "skip" the step's update.
+    nonfinite: Literal["stop", "skip"] = "stop"
+    #: With nonfinite = "skip": stop after this many skipped steps in a row.
+    max_nonfinite_skips: int = Field(default=10, ge=1)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.checkpoint_every or self.eval_every or 500
 
 
 class OutputSection(Table):
     dir: str = Field(min_length=1)
-    #: Replace the files of an earlier run in `dir`. Without it, a non-empty `dir` is an error.
+    #: Replace an earlier run in `dir`: it is moved aside and deleted once the new run has finished. Without
+    #: it, a `dir` holding a run is an error (or resumed with `adapt run --resume`).
     overwrite: bool = False
     save_artifacts: bool = True
 

@@ -1,9 +1,17 @@
-"""The training loop: linear, Accelerate-driven, with a hook call at each named point."""
+"""The training loop: linear, Accelerate-driven, with a hook call at each named point.
+
+A run claims its output folder first (a lock; an earlier run moved aside, never mixed), checkpoints as it
+goes, and resumes from a checkpoint exactly: same batches, same random numbers, same weights bit for bit
+as the run that was not interrupted.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,33 +19,133 @@ from torch.utils.data import DataLoader
 
 from adapt.batching import LengthGroupedBatches, padding_efficiency
 from adapt.build import build_model, start_run
+from adapt.checkpoint import Checkpointer
+from adapt.errors import AdaptError
 from adapt.evaluation import Evaluator
 from adapt.hooks import Hooks
+from adapt.interrupts import Interrupted, StopSignals
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.manager import Catalogue
+from adapt.nonfinite import NonFiniteGuard
 from adapt.recipe import Recipe
 from adapt.report import run_summary
+from adapt.resume import check_resumable
+from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
 from adapt.types import Run
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-def run_recipe(recipe: Recipe, catalogue: Catalogue) -> dict[str, Any]:
-    """Everything `adapt run` does: build, train, evaluate, save; returns the summary."""
+def run_recipe(recipe: Recipe, catalogue: Catalogue, resume: str | None = None) -> dict[str, Any]:
+    """Everything `adapt run` does: claim the output folder, build, train (or resume: `resume` is
+    "latest" or a checkpoint path), evaluate, save; returns the summary (an earlier one when the run in
+    the folder had already finished)."""
+    with StopSignals() as stop:
+        claim = _claim(recipe, resume)
+        if claim.finished:
+            summary_file = Path(recipe.output.dir) / "summary.json"
+            return json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        directory = claim.directory
+        try:
+            if claim.checkpoint is not None:
+                check_resumable(recipe, claim.checkpoint, catalogue)
+            summary = _train(recipe, catalogue, claim, stop)
+        except SummaryNotWritten:
+            raise  # the marker already says "trained": the model is usable
+        except Interrupted as exc:
+            if directory is not None:
+                directory.mark("interrupted", signal=signal.Signals(exc.signum).name, step=_step_of(exc))
+            raise
+        except BaseException as exc:
+            if directory is not None and not isinstance(exc, RunDirectoryError):
+                directory.mark("failed", error=str(exc)[:500], step=_step_of(exc))
+            raise
+        finally:
+            if directory is not None:
+                directory.release()
+    return summary
+
+
+def _step_of(exc: BaseException) -> int | None:
+    return getattr(exc, "step", None)
+
+
+def _claim(recipe: Recipe, resume: str | None) -> Claim:
+    """The main process claims the folder; the others learn its decision (or its error)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # As the Accelerator will (AcceleratorState honours ACCELERATE_USE_CPU; PartialState alone does not).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+    def decide() -> Claim:
+        return claim_output(
+            recipe.output.dir, overwrite=recipe.output.overwrite, resume=resume, recipe_source=recipe.source
+        )
+
+    if state.num_processes == 1:
+        claim = decide()
+    else:
+        from accelerate.utils import broadcast_object_list
+
+        shared: list[Any] = [None]
+        claim = None
+        if state.is_main_process:
+            try:
+                claim = decide()
+                shared = [(claim.checkpoint, claim.finished, None, 0)]
+            except AdaptError as exc:
+                shared = [(None, False, str(exc), exc.exit_code)]
+        broadcast_object_list(shared)
+        checkpoint, finished, error, code = shared[0]
+        if error is not None:
+            if claim is None:
+                raised = RunDirectoryError(error)
+                raised.exit_code = code
+                raise raised
+        if claim is None:
+            claim = Claim(checkpoint=checkpoint, finished=finished)
+    from rich.console import Console
+
+    for note in claim.notes:
+        Console(stderr=True, highlight=False).print(f"note: {note}", soft_wrap=True)
+    return claim
+
+
+def _train(recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals) -> dict[str, Any]:
+    import tomli_w
+
     run, hooks = start_run(recipe, catalogue)
     param_counts = build_model(run, hooks)
     if run.is_main_process:
-        import tomli_w
-
-        run.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.output_dir / "recipe.toml", tomli_w.dumps(recipe.to_dict()))
-    loop = TrainingLoop(run, hooks)
-    loop.train()
+    loop = TrainingLoop(run, hooks, stop)
+    loop.train(claim.checkpoint)
     summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run))
     if run.is_main_process:
-        atomic_write_json(run.output_dir / "summary.json", summary)
+        _write_summary(run, claim.directory, summary)
+        loop.checkpointer.remove_all()
     hooks.on_train_end(run=run, summary=summary)
     return summary
+
+
+def _write_summary(run: Run, directory: RunDirectory | None, summary: dict[str, Any]) -> None:
+    if directory is not None:
+        directory.mark("trained", step=run.step)
+    try:
+        atomic_write_json(run.output_dir / "summary.json", summary)
+    except OSError as exc:
+        raise SummaryNotWritten(
+            f"training finished and its artifacts are saved in {run.output_dir}, but summary.json could not be "
+            f"written ({exc.strerror or exc}); the model is usable (`adapt eval {run.output_dir}` recomputes its "
+            f"metrics), and `adapt run {run.output_dir} --resume` writes the summary again"
+        ) from None
+    if directory is not None:
+        directory.finish()
+
+
+class SummaryNotWritten(AdaptError):
+    """Training and its artifacts are complete; only summary.json could not be written."""
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
@@ -48,13 +156,20 @@ def _batch_size(batch: dict[str, Any]) -> int:
 
 
 class TrainingLoop:
-    def __init__(self, run: Run, hooks: Hooks):
+    def __init__(self, run: Run, hooks: Hooks, stop: StopSignals | None = None):
         self.run = run
         self.hooks = hooks
-        self.train_seconds = 0.0
+        self.stop = stop or StopSignals()
         self.final_metrics: dict[str, float] = {}
         self.epoch_seconds: list[float] = []
+        self.epoch_started = 0.0  # train-clock reading when the current epoch began
+        self.batches_in_epoch = 0  # micro-batches of the current epoch consumed (the data position)
         self.padding_efficiency = 1.0
+        self.clock = _TrainClock()
+        self.window = _LogWindow(run.accelerator.device)
+        cfg = run.recipe.train
+        self.guard = NonFiniteGuard(cfg.nonfinite, cfg.max_nonfinite_skips, run.accelerator.device)
+        self.checkpointer = Checkpointer(run, hooks)
 
     def _loaders(self) -> tuple[DataLoader, LengthGroupedBatches]:
         run, cfg = self.run, self.run.recipe.train
@@ -73,21 +188,26 @@ class TrainingLoop:
             run, self.hooks, run.encoded["eval"], collate, cfg.eval_batch_size or 2 * cfg.batch_size, cfg.num_workers
         )
         workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
-        train_dl = DataLoader(run.encoded["train"], batch_sampler=sampler, collate_fn=collate, **workers)
+        # A generator of its own: starting an epoch must not draw from the global RNG that dropout uses, so
+        # the random stream depends only on the optimizer steps taken (and a resume can restore it exactly).
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_dl = DataLoader(
+            run.encoded["train"], batch_sampler=sampler, collate_fn=collate, generator=generator, **workers
+        )
         return train_dl, sampler
 
-    def train(self) -> None:
+    def train(self, checkpoint: Path | None = None) -> None:
         from transformers import get_scheduler
 
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
-        train_dl, sampler = self._loaders()
+        train_dl, _ = self._loaders()
         groups = hooks.param_groups(run=run)
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        model, optimizer, train_dl = acc.prepare(run.model, optimizer, train_dl)
+        model, optimizer, self.train_dl = acc.prepare(run.model, optimizer, train_dl)
         run.model, run.optimizer = model, optimizer
 
-        steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
-        run.max_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        self.steps_per_epoch = math.ceil(len(self.train_dl) / cfg.grad_accum_steps)
+        run.max_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         if cfg.max_steps is not None:
             run.max_steps = min(run.max_steps, cfg.max_steps)
         run.scheduler = get_scheduler(
@@ -96,74 +216,168 @@ class TrainingLoop:
             num_warmup_steps=round(cfg.warmup_ratio * run.max_steps),
             num_training_steps=run.max_steps,
         )
+        acc.prepare_scheduler(run.scheduler)  # so that save_state / load_state include it
 
+        if checkpoint is not None:
+            state, plugin_states = self.checkpointer.load(checkpoint)
+            self._restore(state)
+            run.resumed_from = checkpoint
+            hooks.load_checkpoint_state(run=run, states=plugin_states)
         hooks.on_train_start(run=run)
+        self.stop.graceful = True
         try:
-            self._loop(train_dl, sampler, steps_per_epoch)
+            self._loop()
+            self._finish()
         except BaseException as error:
+            error.step = run.step  # type: ignore[attr-defined]
             hooks.on_train_error(run=run, error=error)
             raise
+        finally:
+            self.stop.graceful = False
 
-    def _loop(self, train_dl: DataLoader, sampler: LengthGroupedBatches, steps_per_epoch: int) -> None:
+    def _loop(self) -> None:
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
-        model, optimizer = run.model, run.optimizer
+        model, optimizer, clock, window, guard = run.model, run.optimizer, self.clock, self.window, self.guard
         model.train()
-        window = _LogWindow(acc.device)
-        clock = _TrainClock()
+        clock.resume()
         while run.step < run.max_steps:
-            sampler.set_epoch(run.epoch)
-            hooks.on_epoch_start(run=run, epoch=run.epoch)
-            epoch_start = clock.total
-            for batch in train_dl:
+            self.train_dl.set_epoch(run.epoch)
+            if self.batches_in_epoch == 0:
+                self.epoch_started = clock.total
+                hooks.on_epoch_start(run=run, epoch=run.epoch)
+                loader = self.train_dl
+            else:  # resumed mid-epoch: the same epoch order, less the batches already trained on
+                loader = acc.skip_first_batches(self.train_dl, self.batches_in_epoch)
+            for batch in loader:
                 with acc.accumulate(model):
                     outputs = model(**batch)
                     loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
                     terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
+                    guard.observe(run.step + 1, loss, terms)
                     acc.backward(loss + sum(terms.values()) if terms else loss)
-                    if acc.sync_gradients and cfg.max_grad_norm is not None:
-                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                samples = _batch_size(batch) * acc.num_processes
-                run.samples_seen += samples
-                window.add(loss, terms, samples)
+                    window.add(loss, terms, _batch_size(batch) * acc.num_processes)
+                    if acc.sync_gradients:
+                        if guard.drop_step(run.step + 1):
+                            window.discard()
+                        else:
+                            if cfg.max_grad_norm is not None:
+                                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                            optimizer.step()
+                            window.commit()
+                        optimizer.zero_grad(set_to_none=True)
+                self.batches_in_epoch += 1
+                run.samples_seen += _batch_size(batch) * acc.num_processes
                 if not acc.sync_gradients:
                     continue
                 run.scheduler.step()
                 run.step += 1
                 hooks.on_step_end(run=run)
-                if run.step % cfg.log_every == 0 or run.step == run.max_steps:
-                    clock.lap()
-                    hooks.on_log(run=run, logs=window.flush(run, steps_per_epoch, clock.take_window()))
-                if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.max_steps:
-                    clock.lap()
-                    self.evaluator()
-                    clock.resume()
+                self._after_step(end_of_epoch=acc.gradient_state.end_of_dataloader)
                 if run.step >= run.max_steps:
                     break
             clock.lap()
-            self.epoch_seconds.append(round(clock.total - epoch_start, 2))
+            self.epoch_seconds.append(round(clock.total - self.epoch_started, 2))
             run.epoch += 1
-        self.train_seconds = clock.total
+            self.batches_in_epoch = 0
+            self._checkpoint()  # at each epoch end (and after the last step)
+        clock.lap()
+
+    def _after_step(self, end_of_epoch: bool) -> None:
+        """Log, evaluate, checkpoint and obey a stop signal, as the step's number says."""
+        run, cfg, clock = self.run, self.run.recipe.train, self.clock
+        if run.step % cfg.log_every == 0 or run.step == run.max_steps:
+            self.guard.check()
+            clock.lap()
+            self.hooks.on_log(run=run, logs=self.window.flush(run, self.steps_per_epoch, clock.take_window()))
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.max_steps:
+            self.guard.check()
+            clock.lap()
+            self.evaluator()
+            clock.resume()
+        signum = self.stop.agreed(run.accelerator)
+        due = run.step % cfg.checkpoint_interval == 0 and not end_of_epoch and run.step < run.max_steps
+        if signum is not None or due:
+            saved = self._checkpoint()
+        if signum is not None:
+            where = f"checkpoint {saved} written" if saved else "no checkpoint written (train.keep_checkpoints = 0)"
+            resume = f"; resume with `adapt run {run.output_dir} --resume`" if saved else ""
+            raise Interrupted(
+                signum, f"stopped by {signal.Signals(signum).name} after optimizer step {run.step}: {where}{resume}"
+            )
+
+    def _checkpoint(self) -> Path | None:
+        if not self.checkpointer.enabled:
+            return None
+        self.guard.check()  # never checkpoint weights that a non-finite loss has reached
+        self.clock.lap()
+        saved = self.checkpointer.save(self._state())
+        self.clock.resume()
+        if saved is not None:
+            self.guard.last_checkpoint = str(saved)
+        return saved
+
+    def _finish(self) -> None:
+        run, acc = self.run, self.run.accelerator
+        self.guard.check()
         self.final_metrics = self.evaluator()
         acc.wait_for_everyone()
         if run.is_main_process and run.recipe.output.save_artifacts:
-            hooks.save_artifacts(run=run, directory=run.output_dir)
+            try:
+                self.hooks.save_artifacts(run=run, directory=run.output_dir)
+            except AdaptError as exc:
+                kept = self.checkpointer.last_step
+                again = f"; `adapt run {run.output_dir} --resume` saves them again" if kept is not None else ""
+                raise AdaptError(f"training finished, but saving its artifacts failed: {exc}{again}") from exc
         acc.wait_for_everyone()
 
-    def stats(self) -> dict[str, Any]:
+    # --- checkpoint state of the loop itself -----------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        run = self.run
         return {
+            "step": run.step,
+            "epoch": run.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "samples_seen": run.samples_seen,
+            "train_seconds": self.clock.total,
+            "window_seconds": self.clock.window,
+            "epoch_seconds": self.epoch_seconds,
+            "epoch_started": self.epoch_started,
+            "eval_seconds": self.evaluator.seconds,
+            "log_window": self.window.state(),
+            "nonfinite": self.guard.state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        run = self.run
+        run.step, run.epoch, run.samples_seen = state["step"], state["epoch"], state["samples_seen"]
+        self.batches_in_epoch = state["batches_in_epoch"]
+        self.clock.total, self.clock.window = state["train_seconds"], state["window_seconds"]
+        self.epoch_seconds = list(state["epoch_seconds"])
+        self.epoch_started = state["epoch_started"]
+        self.evaluator.seconds = state["eval_seconds"]
+        self.window.load(state["log_window"])
+        self.guard.load(state["nonfinite"])
+
+    def stats(self) -> dict[str, Any]:
+        run = self.run
+        stats = {
             "eval": self.final_metrics,
-            "train_seconds": round(self.train_seconds, 2),
+            "train_seconds": round(self.clock.total, 2),
             "epoch_seconds": self.epoch_seconds,
             "eval_seconds": round(self.evaluator.seconds, 2),
-            "train_samples_per_second": round(self.run.samples_seen / max(self.train_seconds, 1e-9), 2),
+            "train_samples_per_second": round(run.samples_seen / max(self.clock.total, 1e-9), 2),
             "padding_efficiency": round(self.padding_efficiency, 4),
+            "checkpoints": self.checkpointer.stats(),
+            "nonfinite_skipped_steps": self.guard.skipped,
         }
+        if run.resumed_from is not None:
+            stats["resumed_from"] = str(run.resumed_from)
+        return stats
 
 
 class _TrainClock:
-    """Seconds spent training: the clock is stopped around evaluations."""
+    """Seconds spent training: the clock is stopped around evaluations and checkpoints."""
 
     def __init__(self) -> None:
         self.total = 0.0
@@ -185,11 +399,13 @@ class _TrainClock:
 
 
 class _LogWindow:
-    """Losses summed on the device between logs, so the hot path never waits for a `.item()`."""
+    """Losses summed on the device between logs, so the hot path never waits for a `.item()`. A step's
+    micro-batches are pending until the step is taken (or dropped for a non-finite loss)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.reset()
+        self.discard()
 
     def reset(self) -> None:
         self.loss = torch.zeros((), device=self.device)
@@ -198,11 +414,19 @@ class _LogWindow:
         self.samples = 0
 
     def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int) -> None:
-        self.loss += loss.detach().float()
-        for name, value in terms.items():
-            self.terms[name] = self.terms.get(name, 0.0) + value.detach().float()
-        self.count += 1
-        self.samples += samples
+        self.pending.append((loss.detach().float(), {n: v.detach().float() for n, v in terms.items()}, samples))
+
+    def commit(self) -> None:
+        for loss, terms, samples in self.pending:
+            self.loss += loss
+            for name, value in terms.items():
+                self.terms[name] = self.terms.get(name, 0.0) + value
+            self.count += 1
+            self.samples += samples
+        self.pending = []
+
+    def discard(self) -> None:
+        self.pending: list[tuple[torch.Tensor, dict[str, torch.Tensor], int]] = []
 
     def flush(self, run: Run, steps_per_epoch: int, seconds: float) -> dict[str, float]:
         acc, n = run.accelerator, max(self.count, 1)
@@ -217,3 +441,16 @@ class _LogWindow:
             logs[name] = acc.reduce(torch.as_tensor(value, device=self.device), "mean").item() / n
         self.reset()
         return logs
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss.cpu(),
+            "terms": {n: torch.as_tensor(v).cpu() for n, v in self.terms.items()},
+            "count": self.count,
+            "samples": self.samples,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.loss = state["loss"].to(self.device)
+        self.terms = {n: v.to(self.device) for n, v in state["terms"].items()}
+        self.count, self.samples = state["count"], state["samples"]

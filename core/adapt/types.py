@@ -109,6 +109,9 @@ class Run:
     epoch: int = 0
     samples_seen: int = 0
     started_at: float = field(default_factory=time.perf_counter)
+    #: The checkpoint this run continues from (`adapt run --resume`), else None. Set before
+    #: `adapt_on_train_start`, when `step`, `epoch` and `samples_seen` already hold the checkpoint's values.
+    resumed_from: Path | None = None
 
     def table(self, plugin: str) -> Table:
         """The validated recipe table of `plugin` (its defaults when the recipe has none)."""
@@ -118,6 +121,12 @@ class Run:
     def head_prefixes(self) -> tuple[str, ...]:
         """Parameter-name prefixes of the head modules ("classifier."), for `name.startswith(...)`."""
         return tuple(f"{name}." for name in self.head_modules)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """`OUTPUT/checkpoints`: the run's checkpoints (`step-N`). A plugin whose checkpoint state refers to
+        large files keeps them in a sub-folder named after itself; all of it is deleted once the run finishes."""
+        return self.output_dir / "checkpoints"
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:

@@ -92,8 +92,18 @@ class GradualUnfreezing:
 
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
-        self.unfrozen_at = [0]
-        self._apply_lrs(run)
+        if run.resumed_from is None:  # a resumed run's learning rates come back with the optimizer and scheduler
+            self.unfrozen_at = [0]
+            self._apply_lrs(run)
+
+    @hookimpl
+    def adapt_checkpoint_state(self) -> dict[str, Any]:
+        return {"unfrozen": self.unfrozen, "unfrozen_at": self.unfrozen_at}
+
+    @hookimpl
+    def adapt_load_checkpoint_state(self, run: Run, state: dict[str, Any]) -> None:
+        self._set_trainable(run, state["unfrozen"])
+        self.unfrozen_at = list(state["unfrozen_at"])
 
     def _apply_lrs(self, run: Run) -> None:
         """Frozen groups get base lr 0 in the scheduler, so warmup and decay leave them at 0; a group

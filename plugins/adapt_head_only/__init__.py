@@ -7,6 +7,7 @@ default they are computed once (on the first epoch, and on the first evaluation)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -28,6 +29,8 @@ class HeadOnly:
 
     def __init__(self) -> None:
         self.cache: FeatureCache | None = None
+        self.shard_steps: list[int] = []  # checkpoints at which cache shards were written
+        self.resumed: dict[str, Any] | None = None
 
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
@@ -64,6 +67,35 @@ class HeadOnly:
         if table.cache_features and backbone is not None and not upstream_trains:
             self.cache = FeatureCache(backbone, limit_bytes=int(table.cache_limit_mib * 2**20))
             self.cache.install()
+            if self.resumed is not None:
+                self._load_shards(run, self.resumed)
+
+    # The cache is kept in shards beside the checkpoints, one per checkpoint and process holding the entries
+    # added since the previous one: features recomputed in other batches could differ in their last bits, and
+    # a resumed run must serve exactly what the interrupted one would have.
+    def _shard(self, run: Run, step: int) -> Path:
+        return run.checkpoints_dir / "head-only" / f"features-p{run.accelerator.process_index}-step{step}.safetensors"
+
+    @hookimpl
+    def adapt_checkpoint_state(self, run: Run) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        save_tensors(self.cache.export_new(), self._shard(run, run.step))
+        if run.step not in self.shard_steps:
+            self.shard_steps.append(run.step)
+        return {"shard_steps": self.shard_steps, **self.cache.describe()}
+
+    @hookimpl
+    def adapt_load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.resumed = state  # the cache is built in adapt_on_train_start
+
+    def _load_shards(self, run: Run, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        self.shard_steps = list(state["shard_steps"])
+        for step in self.shard_steps:
+            self.cache.import_entries(load_file(str(self._shard(run, step))))
+        self.cache.restore(state)
 
     def _uninstall(self) -> None:
         if self.cache is not None:

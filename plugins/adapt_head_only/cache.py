@@ -24,6 +24,7 @@ class FeatureCache:
         self.misses = 0
         self.output_type: type | None = None
         self.per_token: set[str] = set()  # fields with a sequence dimension, stored without padding
+        self.exported = 0  # entries already written by `export_new`
 
     def install(self) -> None:
         self.backbone.forward = self.forward  # an instance attribute shadows the class's forward
@@ -95,3 +96,51 @@ class FeatureCache:
                 out = torch.stack([self.entries[key][name] for key in keys]).to(device)
             fields[name] = out
         return self.output_type(**fields)
+
+    # --- persistence, so that a resumed run serves exactly the features the interrupted one had -----------
+
+    def export_new(self) -> dict[str, torch.Tensor]:
+        """The entries added since the last export, as flat tensors for a safetensors file."""
+        keys = list(self.entries)[self.exported :]
+        self.exported = len(self.entries)
+        blob = b"".join(keys)
+        tensors = {
+            "keys": torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8),
+            "key_lengths": torch.tensor([len(k) for k in keys], dtype=torch.long),
+        }
+        for i, key in enumerate(keys):
+            for name, value in self.entries[key].items():
+                tensors[f"{i}.{name}"] = value
+        return tensors
+
+    def import_entries(self, tensors: dict[str, torch.Tensor]) -> None:
+        fields: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            index, dot, field = name.partition(".")
+            if dot:
+                fields.setdefault(int(index), {})[field] = value
+        blob, start = tensors["keys"].numpy().tobytes(), 0
+        for i, length in enumerate(tensors["key_lengths"].tolist()):
+            key, start = blob[start : start + length], start + length
+            self.entries[key] = fields.get(i, {})
+            self.bytes += sum(v.numel() * v.element_size() for v in self.entries[key].values())
+        self.exported = len(self.entries)
+
+    def describe(self) -> dict[str, object]:
+        """What the cache needs besides its entries to serve them again."""
+        kind = self.output_type
+        return {
+            "output_type": f"{kind.__module__}:{kind.__qualname__}" if kind is not None else "",
+            "per_token": sorted(self.per_token),
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def restore(self, description: dict) -> None:
+        import importlib
+
+        if description["output_type"]:
+            module, _, name = description["output_type"].partition(":")
+            self.output_type = getattr(importlib.import_module(module), name)
+        self.per_token = set(description["per_token"])
+        self.hits, self.misses = description["hits"], description["misses"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from adapt import PluginInfo, Run, hookimpl
+from adapt import PluginInfo, Run, atomic_write_text, hookimpl
 
 FILE_NAME = "metrics.jsonl"
 
@@ -27,9 +27,16 @@ class MetricsLog:
 
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
-        if run.is_main_process:
-            run.output_dir.mkdir(parents=True, exist_ok=True)
-            self.file = open(run.output_dir / FILE_NAME, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        if not run.is_main_process:
+            return
+        path = run.output_dir / FILE_NAME
+        mode = "w"
+        if run.resumed_from is not None and path.is_file():
+            # Keep what was logged up to the checkpoint; the resumed run logs the steps after it again.
+            atomic_write_text(path, "".join(f"{line}\n" for line in _records_up_to(path, run.step)))
+            mode = "a"
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, mode, encoding="utf-8", buffering=1)  # noqa: SIM115
 
     @hookimpl
     def adapt_on_log(self, logs: dict[str, float]) -> None:
@@ -48,3 +55,16 @@ class MetricsLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def _records_up_to(path, step: int) -> list[str]:
+    """Lines of a metrics log up to `step` (a line cut short by a kill is dropped)."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    return kept

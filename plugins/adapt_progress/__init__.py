@@ -53,7 +53,9 @@ class Progress:
             refresh_per_second=table.refresh_per_second,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=run.max_steps, stats="")
+        self.task = self.progress.add_task("train", total=run.max_steps, completed=run.step, stats="")
+        if run.resumed_from is not None:
+            self.progress.console.print(f"resumed from {run.resumed_from} at step {run.step}", highlight=False)
 
     @hookimpl
     def adapt_on_step_end(self, run: Run) -> None:

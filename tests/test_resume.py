@@ -1,0 +1,120 @@
+"""Exact resume: a run killed with SIGKILL at a random step (a real subprocess, killed by a real signal) and
+resumed with `adapt run --resume` ends with bit-identical trainable weights, identical eval metrics and the
+same logged losses as the same recipe run without interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapt.cli import main
+
+RNG = random.Random()  # a different kill point each run; the assertion messages name it
+
+
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def trained_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every artifact a run saved (its checkpoints are gone once it finished)."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(run_dir.rglob("*.safetensors")):
+        for name, value in load_file(str(file)).items():
+            tensors[f"{file.relative_to(run_dir)}:{name}"] = value
+    return tensors
+
+
+def logged(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock throughput."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "samples_per_second"} for r in records]
+
+
+def assert_same_run(reference: Path, resumed: Path, where: str) -> None:
+    expected, got = trained_tensors(reference), trained_tensors(resumed)
+    assert expected and sorted(expected) == sorted(got), where
+    different = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not different, f"{where}: {len(different)} tensors differ, e.g. {different[:3]}"
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (reference, resumed))
+    assert a["eval"] == b["eval"], where
+    assert (a["steps"], a["train_samples"]) == (b["steps"], b["train_samples"]), where
+    for plugin in ("gradual-unfreezing", "head-only"):
+        assert a.get(plugin) == b.get(plugin), where
+    assert logged(reference) == logged(resumed), where
+    assert b["resumed_from"].startswith(str(resumed / "checkpoints" / "step-"))
+    assert not (resumed / "checkpoints").exists()  # the run finished: its checkpoints are gone
+
+
+LORA = {"lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "dropout": 0.1}}
+CASES = {
+    # name: (methods, train table, first and last step the kill may come after)
+    "lora": (LORA, {}, (4, 22)),
+    "adapters": ({"adapters": {"reduction_factor": 4}}, {}, (4, 22)),
+    "head-only": ({"head-only": {}}, {"epochs": 3}, (4, 34)),  # cached features served from epoch 2 on
+    "gradual-unfreezing": ({"gradual-unfreezing": {"unit": "step", "every": 4}}, {}, (5, 15)),
+    "full": ({"full": {}}, {"learning_rate": 1e-3}, (4, 22)),
+    "int8-lora": ({"int8": {}, **LORA}, {}, (4, 22)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_killed_run_resumes_exactly(case, tiny_recipe, tmp_path, adapt_with_crash):
+    methods, train, (first, last) = CASES[case]
+    step = RNG.randint(first, last)
+    if case == "gradual-unfreezing":  # between two unfreezing steps (4, 8, 12, 16)
+        step = RNG.choice([s for s in range(first, last + 1) if s % 4])
+    recipe = str(tiny_recipe(methods=methods, train={"checkpoint_every": 3, "eval_every": 7, **train}))
+    where = f"{case} killed after step {step}"
+
+    assert main(["run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}"]) == 0
+    killed = adapt_with_crash("run", recipe, "--set", f"plugins.crash.step={step}")
+    assert killed.returncode == -9, f"{where}: {killed.stderr[-2000:]}"
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "summary.json").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))  # at least one complete checkpoint
+    resumed = adapt_with_crash("run", recipe, "--resume")
+    assert resumed.returncode == 0, f"{where}: {resumed.stderr[-3000:]}"
+    assert_same_run(tmp_path / "reference", run_dir, where)
+
+
+def test_killed_between_micro_batches_resumes_exactly(tiny_recipe, tmp_path, adapt_with_crash):
+    """grad_accum_steps = 2: killed after the first micro-batch of a step had gone backward."""
+    step = RNG.randint(3, 11)
+    recipe = str(tiny_recipe(train={"grad_accum_steps": 2, "checkpoint_every": 2}))
+    where = f"killed during the second micro-batch of step {step}"
+    assert main(["run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}"]) == 0
+    killed = adapt_with_crash("run", recipe, "--set", f"plugins.crash.micro_batch={2 * step}")
+    assert killed.returncode == -9, f"{where}: {killed.stderr[-2000:]}"
+    resumed = adapt_with_crash("run", recipe, "--resume")
+    assert resumed.returncode == 0, f"{where}: {resumed.stderr[-3000:]}"
+    assert_same_run(tmp_path / "reference", tmp_path / "run", where)
+
+
+def test_two_processes_killed_and_resumed_with_two(tiny_recipe, tmp_path, adapt_with_crash):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+    def launcher(port: int) -> tuple[str, ...]:
+        return (torchrun, "--nproc_per_node", "2", "--master_port", str(port))
+
+    step = RNG.randint(3, 10)
+    recipe = str(tiny_recipe(train={"checkpoint_every": 2}))
+    where = f"2 processes killed after step {step}"
+    reference = adapt_with_crash(
+        "run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}", launcher=launcher(29541)
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = adapt_with_crash("run", recipe, "--set", f"plugins.crash.step={step}", launcher=launcher(29542))
+    assert killed.returncode != 0, where
+    resumed = adapt_with_crash("run", recipe, "--resume", launcher=launcher(29543))
+    assert resumed.returncode == 0, f"{where}: {resumed.stderr[-3000:]}"
+    assert_same_run(tmp_path / "reference", tmp_path / "run", where)
