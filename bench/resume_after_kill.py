@@ -10,6 +10,7 @@ The runs are kept under runs/bench-resume/ for inspection.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -62,13 +63,14 @@ def main() -> None:
     reference = run_recipe(args.recipe, root / "reference", overrides)
     killed_dir = root / "killed"
     code, files = kill_after_checkpoint(args.recipe, killed_dir, overrides, 2 * args.every)
-    killed_at = (killed_dir / ".adapt-run.json").read_text()
+    marker = json.loads((killed_dir / ".adapt-run.json").read_text())
+    killed_at = f"status {marker['status']!r}, newest checkpoint step-{2 * args.every}"
     resumed = run_recipe(args.recipe, killed_dir, {**overrides, "output.overwrite": "false"}, extra=["--resume"])
     a, b = adapter_tensors(root / "reference"), adapter_tensors(killed_dir)
     equal = sorted(a) == sorted(b) and all(a[name].equal(b[name]) for name in a)
     metric = next(iter(reference["eval"]))
     print(f"\n{args.recipe}, {args.rows} training rows, checkpoint every {args.every} steps")
-    print(f"killed with SIGKILL after checkpoint step-{2 * args.every} (exit code {code}); marker: {killed_at.strip()}")
+    print(f"killed with SIGKILL after checkpoint step-{2 * args.every} (exit code {code}); folder: {killed_at}")
     print("\n| run | steps | val " + metric + " | adapter tensors | train seconds | checkpoints written |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, s in (("uninterrupted", reference), ("killed + --resume", resumed)):

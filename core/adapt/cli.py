@@ -117,12 +117,15 @@ def _quiet_libraries() -> None:
     """The libraries' own progress bars and load reports would drown the run's progress display."""
     if os.environ.get("ADAPT_VERBOSE"):
         return
+    import logging
     import warnings
 
     import datasets
     import transformers
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes warns on import, on CPUs with AVX512, that an optional kernel package is not installed.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.logging.set_verbosity_error()
