@@ -303,6 +303,15 @@ def test_causal_lm_learns_responses_and_generates_them(tiny_recipe, tiny_gpt2_di
     assert {p["generated"] for p in predictions} <= {"positive", "negative"}
 
 
+def test_gradient_checkpointing_on_a_causal_lm(same_gradients_with_checkpointing, tiny_gpt2_dir, sft_data):
+    same_gradients_with_checkpointing(
+        model={"name": str(tiny_gpt2_dir)},
+        data={"train_file": str(sft_data["train"]), "eval_file": str(sft_data["eval"])},
+        task={"head": "causal-lm"},
+        methods={"lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"], "dropout": 0.1}},
+    )
+
+
 def test_merged_lora_export_of_a_causal_lm_generates_like_the_run(tiny_recipe, tiny_gpt2_dir, sft_data, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -9,7 +9,7 @@ from adapt.data import from_pretrained_cached, load_splits
 from adapt.errors import AdaptError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
-from adapt.modeling import count_parameters
+from adapt.modeling import count_parameters, enable_activation_checkpointing
 from adapt.recipe import Recipe
 from adapt.types import Run
 
@@ -88,6 +88,8 @@ def build_model(run: Run, hooks: Hooks) -> list[ParamCount]:
     for method in run.recipe.methods:
         hooks.transform_model(run=run, plugin=method)
         counts.append(ParamCount(method, *count_parameters(run.model)))
+    if run.recipe.train.gradient_checkpointing:
+        enable_activation_checkpointing(run.model)
     return counts
 
 

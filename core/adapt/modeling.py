@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from adapt.errors import AdaptError
+
 
 def head_module_names(model: torch.nn.Module) -> list[str]:
     """Top-level modules with parameters outside the pretrained backbone (`base_model_prefix`):
@@ -119,3 +121,20 @@ def fresh_modules(model: torch.nn.Module, missing_keys) -> list[str]:
         if params and not shared and all(p in missing for p in params):
             fresh.append(name)
     return fresh
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing on the transformers model inside `model` (under PEFT's wrapper
+    too). Non-reentrant, because the reentrant form needs the blocks' inputs to require grad, which they do
+    not on a frozen base (LoRA, adapters); it also keeps dropout's random numbers for the recomputation."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        raise AdaptError(
+            f"train.gradient_checkpointing: {type(target).__name__} does not support activation checkpointing; "
+            "set it to false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers before activation_checkpointing_enable
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -79,6 +79,9 @@ class TrainSection(Table):
     group_by_length: bool = True
     length_pool: int = Field(default=64, ge=1)
     num_workers: int = Field(default=0, ge=0)
+    #: Recompute each block's activations in the backward pass instead of keeping them (non-reentrant
+    #: activation checkpointing): less memory for about a third more compute.
+    gradient_checkpointing: bool = False
     #: Write a checkpoint every N optimizer steps (default: every eval, else every 500 steps), plus one at each
     #: epoch end and one when SIGINT/SIGTERM stops the run.
     checkpoint_every: int | None = Field(default=None, ge=1)
