@@ -64,6 +64,12 @@ CASES = {
     "gradual-unfreezing": ({"gradual-unfreezing": {"unit": "step", "every": 4}}, {}, (5, 15)),
     "full": ({"full": {}}, {"learning_rate": 1e-3}, (4, 22)),
     "int8-lora": ({"int8": {}, **LORA}, {}, (4, 22)),
+    # the checkpoint carries the 8-bit optimizer state (and its quantisation scales)
+    "full-adamw-8bit": (
+        {"full": {}},
+        {"learning_rate": 1e-3, "optimizer": "adamw-8bit", "optimizer_options": {"min_8bit_size": 1}},
+        (4, 22),
+    ),
 }
 
 

@@ -33,3 +33,11 @@ def adapt_compute_loss(outputs: Any) -> torch.Tensor:
     if loss is None:
         raise ValueError("the model returned no loss: the head's collator must put `labels` in the batch")
     return loss
+
+
+@hookimpl(trylast=True)
+def adapt_make_optimizer(run: Run, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """`train.optimizer` with `[train.optimizer_options]`."""
+    from adapt.optimizers import build_optimizer
+
+    return build_optimizer(run, param_groups)

@@ -115,6 +115,13 @@ class Hooks:
     def param_groups(self, *, run: Run) -> list[dict[str, Any]]:
         return self._provided("adapt_param_groups", self._call("adapt_param_groups", run=run), "parameter groups")
 
+    def make_optimizer(self, *, run: Run, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return self._provided(
+            "adapt_make_optimizer",
+            self._call("adapt_make_optimizer", run=run, param_groups=param_groups),
+            "the optimizer",
+        )
+
     def make_metrics(self, *, run: Run) -> Metrics:
         return self._provided("adapt_make_metrics", self._call("adapt_make_metrics", run=run), "metrics")
 

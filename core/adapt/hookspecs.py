@@ -162,6 +162,21 @@ def adapt_param_groups(run: Run) -> list[dict[str, Any]] | None:
 
 
 @hookspec(firstresult=True)
+def adapt_make_optimizer(run: Run, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer | None:
+    """Build the optimizer from the parameter groups (``adapt_param_groups``' answer).
+
+    Called once, after ``adapt_param_groups``, before Accelerate prepares model and optimizer. The core's
+    fallback builds ``train.optimizer`` (adamw, adamw-8bit, paged-adamw-8bit, adafactor, sgd) with
+    ``[train.optimizer_options]``, ``train.learning_rate`` and ``train.weight_decay``. A plugin offering another
+    optimizer returns it (taking its options from its own table); ``firstresult``, so its answer wins. Its
+    ``state_dict`` must load with ``torch.load(weights_only=True)``, since checkpoints carry it.
+
+    :param param_groups: ``torch.optim`` parameter groups; a group's ``"lr"`` overrides the recipe's.
+    :return: a ``torch.optim.Optimizer``.
+    """
+
+
+@hookspec(firstresult=True)
 def adapt_make_metrics(run: Run) -> Metrics | None:
     """Provide a fresh :class:`adapt.Metrics` accumulator for one evaluation pass.
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from adapt.optimizers import options_problem
 from adapt.types import Table
 
 
@@ -66,6 +67,10 @@ class TrainSection(Table):
     eval_batch_size: int | None = Field(default=None, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
+    #: adamw (torch), adamw-8bit / paged-adamw-8bit (bitsandbytes: 1 byte per state value), adafactor, sgd.
+    optimizer: Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd"] = "adamw"
+    #: The chosen optimizer's own options (betas, eps, momentum...), validated against it.
+    optimizer_options: dict[str, Any] = {}
     weight_decay: float = Field(default=0.01, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
@@ -91,6 +96,15 @@ class TrainSection(Table):
     nonfinite: Literal["stop", "skip"] = "stop"
     #: With nonfinite = "skip": stop after this many skipped steps in a row.
     max_nonfinite_skips: int = Field(default=10, ge=1)
+
+    @field_validator("optimizer_options")
+    @classmethod
+    def _options_of_the_optimizer(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        optimizer = info.data.get("optimizer")
+        problem = options_problem(optimizer, value) if optimizer else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @property
     def checkpoint_interval(self) -> int:

@@ -202,7 +202,7 @@ class TrainingLoop:
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
         train_dl, _ = self._loaders()
         groups = hooks.param_groups(run=run)
-        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = hooks.make_optimizer(run=run, param_groups=groups)
         model, optimizer, self.train_dl = acc.prepare(run.model, optimizer, train_dl)
         run.model, run.optimizer = model, optimizer
 

@@ -7,7 +7,7 @@ restores the trained model (the head is saved as one of PEFT's `modules_to_save`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,8 @@ class LoraTable(Table):
     use_rslora: bool = False
     #: Extra modules to train fully and save, beyond the head's own.
     modules_to_save: list[str] = []
+    #: LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than the rest (e.g. 16).
+    lr_ratio: float | None = Field(default=None, gt=0)
 
 
 @hookimpl
@@ -56,6 +58,25 @@ def adapt_transform_model(run: Run) -> None:
     from peft import get_peft_model
 
     run.model = get_peft_model(run.model, lora_config(run))
+
+
+@hookimpl
+def adapt_param_groups(run: Run) -> list[dict[str, Any]] | None:
+    """With `lr_ratio` (LoRA+), the B matrices in a group of their own at `lr_ratio` times the learning rate;
+    the others as the core groups them (matrices decay, vectors do not)."""
+    table: LoraTable = run.table("lora")
+    if table.lr_ratio is None:
+        return None
+    b_matrices, decay, no_decay = [], [], []
+    for name, param in run.model.named_parameters():
+        if param.requires_grad:
+            (b_matrices if ".lora_B." in name else decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"name": "lora_B", "params": b_matrices, "lr": run.recipe.train.learning_rate * table.lr_ratio},
+        {"name": "decay", "params": decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 @hookimpl
