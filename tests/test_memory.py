@@ -24,3 +24,55 @@ def test_gradient_checkpointing_with_token_classification(same_gradients_with_ch
         data={"train_file": str(toy_ner["train"]), "eval_file": str(toy_ner["eval"])},
         task={"head": "token-classification", "tokens_column": "tokens", "tags_column": "ner_tags"},
     )
+
+
+def test_the_measured_peak_counts_what_training_adds_above_the_baseline(tiny_recipe, monkeypatch):
+    import torch
+
+    from adapt.manager import Catalogue
+    from adapt.recipe import load_recipe
+    from adapt.trainer import run_recipe
+
+    class Ballast:
+        """256 MiB held (and touched) from the first step to the end of training."""
+
+        def adapt_on_step_end(self, run):
+            if run.step == 1:
+                self.block = torch.ones(64 * 2**20, dtype=torch.float32)
+
+        def adapt_on_train_end(self):
+            self.block = None
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    catalogue = Catalogue.discover(extra={"ballast": Ballast()})
+    memory = run_recipe(load_recipe(tiny_recipe(train={"epochs": 1}), catalogue.infos), catalogue)["memory"]
+    assert 256 * 2**20 <= memory["measured_peak_bytes"] < 512 * 2**20
+    assert memory["baseline_rss_mib"] > 100 and memory["peak_rss_mib"] > memory["baseline_rss_mib"] + 256
+
+
+def test_out_of_memory_is_one_message_with_what_would_fit(tiny_recipe, monkeypatch):
+    import torch
+
+    from adapt.errors import AdaptError
+    from adapt.manager import Catalogue
+    from adapt.recipe import load_recipe
+    from adapt.trainer import run_recipe
+
+    class Exhausted:
+        def adapt_loss_terms(self, run):
+            if run.step == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    catalogue = Catalogue.discover(extra={"exhausted": Exhausted()})
+    recipe = tiny_recipe(train={"checkpoint_every": 2, "gradient_checkpointing": True})
+    with pytest.raises(AdaptError) as info:
+        run_recipe(load_recipe(recipe, catalogue.infos), catalogue)
+    message = str(info.value)
+    assert message.startswith("out of memory on cpu during optimizer step 4 (batches of 16, up to 32 tokens)")
+    assert "Tried to allocate 2.00 GiB" in message and "the last checkpoint is step-2" in message
+    assert "gradient_checkpointing" not in message  # already on
+    assert (
+        'train.optimizer = "adamw-8bit"' in message
+        and "train.batch_size = 8 with train.grad_accum_steps = 2" in message
+    )

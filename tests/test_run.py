@@ -16,6 +16,9 @@ def builtins_only(monkeypatch):
 
 
 def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
+    import os
+
+    os.umask(0o022)
     assert main(["run", str(tiny_recipe(train={"eval_every": 5}))]) == 0
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
@@ -54,6 +57,10 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     assert "[methods.lora]" in resolved and "dropout = 0.0" in resolved  # defaults written out
     err = capsys.readouterr().err
     assert "eval accuracy" in err and "trainable parameters" in err  # the summary table
+    # written through temporary files, yet with the user's umask (022 here), not mkstemp's 0600 / mkdtemp's 0700
+    assert oct((run_dir / "summary.json").stat().st_mode & 0o777) == "0o644"
+    assert oct((run_dir / "adapter").stat().st_mode & 0o777) == "0o755"
+    assert oct((run_dir / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777) == "0o644"
 
 
 def test_lora_trains_adapters_and_head_and_freezes_the_rest(train_tiny):

@@ -52,6 +52,8 @@ class Hooks:
         except (AdaptError, KeyboardInterrupt):
             raise
         except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":  # the device's limit, not the plugin's fault
+                raise
             raise PluginError(culprit(exc, caller.get_hookimpls()), name, exc) from exc
 
     def _call(self, name: str, caller: Any = None, **kwargs: Any) -> Any:

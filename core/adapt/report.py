@@ -6,6 +6,7 @@ import resource
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +29,50 @@ def peak_memory() -> dict[str, float]:
     return memory
 
 
+def _status_kib(field: str) -> int | None:
+    """A `VmRSS`/`VmHWM` figure of /proc/self/status in KiB (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class MemoryProbe:
+    """The peak memory that a run's model and training add: on CPU the peak resident memory above a baseline
+    taken just before the model loads (the kernel's high-water mark is reset there, so data loading before it
+    does not count; weights, gradients, optimizer state and activations do); on CUDA the peak allocation."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.peak_before_kib = _status_kib("VmHWM") or 0
+        self.baseline_kib = _status_kib("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def measured(self) -> dict[str, float]:
+        import torch
+
+        memory: dict[str, float] = {}
+        peak = _status_kib("VmHWM")
+        if self.resettable and peak is not None and self.baseline_kib is not None:
+            memory["peak_rss_mib"] = round(max(peak, self.peak_before_kib) / 1024, 1)
+            memory["baseline_rss_mib"] = round(self.baseline_kib / 1024, 1)
+            memory["measured_peak_bytes"] = (peak - self.baseline_kib) * 1024
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            memory["measured_peak_bytes"] = torch.cuda.max_memory_allocated()
+        return memory
+
+
 def versions() -> dict[str, str]:
     found = {}
     for name in VERSIONED:
@@ -39,7 +84,11 @@ def versions() -> dict[str, str]:
 
 
 def run_summary(
-    run: Run, loop_stats: dict[str, Any], counts: list[ParamCount], extras: dict[str, Any]
+    run: Run,
+    loop_stats: dict[str, Any],
+    counts: list[ParamCount],
+    extras: dict[str, Any],
+    probe: MemoryProbe | None = None,
 ) -> dict[str, Any]:
     recipe = run.recipe
     final = counts[-1]
@@ -60,7 +109,7 @@ def run_summary(
         "train_samples": run.samples_seen,
         "wall_seconds": round(time.perf_counter() - run.started_at, 2),
         **loop_stats,
-        "memory": peak_memory(),
+        "memory": {**peak_memory(), **(probe.measured() if probe else {})},
         "device": str(run.accelerator.device),
         "num_processes": run.accelerator.num_processes,
         "precision": recipe.train.precision,

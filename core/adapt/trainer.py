@@ -28,7 +28,7 @@ from adapt.io import atomic_write_json, atomic_write_text
 from adapt.manager import Catalogue
 from adapt.nonfinite import NonFiniteGuard
 from adapt.recipe import Recipe
-from adapt.report import run_summary
+from adapt.report import MemoryProbe, run_summary
 from adapt.resume import check_resumable
 from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
 from adapt.types import Run
@@ -116,12 +116,13 @@ def _train(recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals
     import tomli_w
 
     run, hooks = start_run(recipe, catalogue)
+    probe = MemoryProbe()  # the baseline: data loaded, model not yet
     param_counts = build_model(run, hooks)
     if run.is_main_process:
         atomic_write_text(run.output_dir / "recipe.toml", tomli_w.dumps(recipe.to_dict()))
     loop = TrainingLoop(run, hooks, stop)
     loop.train(claim.checkpoint)
-    summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run))
+    summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run), probe)
     if run.is_main_process:
         _write_summary(run, claim.directory, summary)
         loop.checkpointer.remove_all()
@@ -142,6 +143,34 @@ def _write_summary(run: Run, directory: RunDirectory | None, summary: dict[str, 
         ) from None
     if directory is not None:
         directory.finish()
+
+
+def out_of_memory_advice(run: Run, error: BaseException, checkpoint_step: int | None) -> str:
+    """One message for an out-of-memory error: where, and what would make the run fit, cheapest first,
+    leaving out what the recipe already does."""
+    cfg, methods = run.recipe.train, run.recipe.methods
+    advice = []
+    if not cfg.gradient_checkpointing:
+        advice.append("train.gradient_checkpointing = true (activations recomputed, about a third slower)")
+    if "8bit" not in cfg.optimizer:
+        advice.append('train.optimizer = "adamw-8bit" (optimizer state in 1 byte per value instead of 4)')
+    if "full" in methods or "gradual-unfreezing" in methods:
+        advice.append("[methods.lora] instead of training every weight")
+    elif "int8" not in methods or run.recipe.table("int8").model_dump().get("bits") != 4:
+        advice.append("[methods.int8] bits = 4 under LoRA (a 4-bit base, as in QLoRA)")
+    advice.append(
+        f"train.batch_size = {max(1, cfg.batch_size // 2)} with train.grad_accum_steps = {cfg.grad_accum_steps * 2} "
+        "(the same effective batch)"
+    )
+    advice.append(f"a shorter data.max_length (now {run.recipe.data.max_length})")
+    saved = f"; the last checkpoint is step-{checkpoint_step}" if checkpoint_step is not None else ""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"out of memory on {run.accelerator.device} during optimizer step {run.step + 1} (batches of "
+        f"{cfg.batch_size}, up to {run.recipe.data.max_length} tokens): {first_line}. To fit, try: "
+        + "; ".join(advice)
+        + f"{saved} (those changes alter the training, so start again with --set output.overwrite=true)"
+    )
 
 
 class SummaryNotWritten(AdaptError):
@@ -231,6 +260,8 @@ class TrainingLoop:
         except BaseException as error:
             error.step = run.step  # type: ignore[attr-defined]
             hooks.on_train_error(run=run, error=error)
+            if type(error).__name__ == "OutOfMemoryError":
+                raise AdaptError(out_of_memory_advice(run, error, self.checkpointer.last_step)) from error
             raise
         finally:
             self.stop.graceful = False
