@@ -24,7 +24,7 @@ from adapt.heads import (  # noqa: E402
 )
 from adapt.inference import example_logits, forward_batches  # noqa: E402
 from adapt.interrupts import Interrupted  # noqa: E402
-from adapt.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
+from adapt.io import atomic_dir, atomic_write_json, atomic_write_text, json_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
     find_blocks,
@@ -67,6 +67,7 @@ __all__ = [
     "from_pretrained_cached",
     "head_module_names",
     "hookimpl",
+    "json_text",
     "label_config",
     "load_head_state",
     "load_model_folder",

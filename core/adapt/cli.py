@@ -317,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.texts = [*args.texts, *extra]
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `adapt plugins --json | head -1`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except AdaptError as exc:
         if isinstance(exc, PluginError) and getattr(args, "traceback", False):
             raise

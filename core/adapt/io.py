@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -44,8 +45,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """JSON that every parser reads: a number that is not finite (a NaN metric) is written as null, where
+    Python's json would write the bare NaN / Infinity that JSON does not have."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, json_text(data, indent=2) + "\n")
 
 
 @contextmanager

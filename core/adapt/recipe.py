@@ -225,8 +225,11 @@ def _output_problem(output: OutputSection) -> str | None:
     """Only what is wrong whatever the command; whether the folder may be used is `adapt run`'s decision
     (adapt.rundir: a lock, resume or replace)."""
     target = Path(output.dir)
-    if target.exists() and not target.is_dir():
-        return f"output.dir: '{target}' exists and is not a directory"
+    try:
+        if target.exists() and not target.is_dir():
+            return f"output.dir: '{target}' exists and is not a directory"
+    except OSError as exc:  # a name too long for the file system, a component that is a file...
+        return f"output.dir: cannot write the run into '{target}' ({exc.strerror or exc})"
     return None
 
 

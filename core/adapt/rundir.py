@@ -218,6 +218,18 @@ def _explicit_checkpoint(resume: str) -> Path:
 
 
 def claim_output(output_dir: str, *, overwrite: bool, resume: str | None, recipe_source: str) -> Claim:
+    """`_claim_output`, with the file system's refusals (read-only, full, a name too long) as one message."""
+    try:
+        return _claim_output(output_dir, overwrite=overwrite, resume=resume, recipe_source=recipe_source)
+    except OSError as exc:
+        where = exc.filename or output_dir
+        raise RunDirectoryError(
+            f"output.dir: cannot write the run into '{output_dir}' ({exc.strerror or exc}: {where}); choose a "
+            "folder you can write to"
+        ) from None
+
+
+def _claim_output(output_dir: str, *, overwrite: bool, resume: str | None, recipe_source: str) -> Claim:
     """Decide, on the main process, how this run uses its output folder, and take the lock.
 
     `resume`: None (a new run), LATEST (the newest complete checkpoint in the folder) or a checkpoint path.

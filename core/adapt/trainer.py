@@ -121,11 +121,15 @@ def _train(recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals
     if run.is_main_process:
         atomic_write_text(run.output_dir / "recipe.toml", tomli_w.dumps(recipe.to_dict()))
     loop = TrainingLoop(run, hooks, stop)
-    loop.train(claim.checkpoint)
-    summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run), probe)
-    if run.is_main_process:
-        _write_summary(run, claim.directory, summary)
-        loop.checkpointer.remove_all()
+    loop.train(claim.checkpoint)  # calls adapt_on_train_error itself when training, evaluating or saving fails
+    try:
+        summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run), probe)
+        if run.is_main_process:
+            _write_summary(run, claim.directory, summary)
+            loop.checkpointer.remove_all()
+    except BaseException as error:
+        hooks.on_train_error(run=run, error=error)
+        raise
     hooks.on_train_end(run=run, summary=summary)
     return summary
 

@@ -27,7 +27,8 @@ class Table(BaseModel):
     the recipe loader validates every table before anything heavy loads and reports all problems at once.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Numbers must be finite: `learning_rate = inf` or `epochs = nan` are typos, not settings.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class NoOptions(Table):

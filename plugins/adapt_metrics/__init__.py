@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from adapt import PluginInfo, Run, atomic_write_text, hookimpl
+from adapt import PluginInfo, Run, atomic_write_text, hookimpl, json_text
 
 FILE_NAME = "metrics.jsonl"
 
@@ -22,7 +22,7 @@ class MetricsLog:
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json_text(record) + "\n")
             self.file.flush()
 
     @hookimpl

@@ -1,0 +1,80 @@
+"""Bad input and file-system refusals end in one message naming the key or file, never a traceback, and
+nothing non-finite passes into a recipe or out into a JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from adapt.cli import main
+from adapt.errors import RecipeError
+from adapt.manager import Catalogue
+from adapt.recipe import load_recipe
+
+
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def test_numbers_in_a_recipe_must_be_finite(tiny_recipe):
+    catalogue = Catalogue.discover()
+    changes = {"train": {"learning_rate": math.inf, "epochs": math.nan}, "methods": {"lora": {"alpha": math.inf}}}
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tiny_recipe(**changes), catalogue.infos)
+    problems = " | ".join(info.value.problems)
+    for key in ("train.learning_rate", "train.epochs", "methods.lora.alpha"):
+        assert f"{key}: Input should be a finite number" in problems, problems
+
+
+def test_an_output_folder_the_file_system_refuses_is_one_message(tiny_recipe, tmp_path, capsys):
+    too_long = tmp_path / ("x" * 300) / "run"
+    assert main(["run", str(tiny_recipe(output={"dir": str(too_long)}))]) == 2
+    err = capsys.readouterr().err
+    assert "output.dir: cannot write the run into" in err and "File name too long" in err
+    assert "Traceback" not in err
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert main(["run", str(tiny_recipe(output={"dir": str(tmp_path / "notes.txt" / "run")}))]) == 2
+    err = capsys.readouterr().err
+    assert "output.dir: cannot write the run into" in err and "Not a directory" in err
+
+
+def test_json_files_stay_valid_when_a_value_is_not_finite(tmp_path):
+    from adapt.io import atomic_write_json, json_text
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
+
+    path = atomic_write_json(tmp_path / "summary.json", {"eval": {"pearson": math.nan}, "list": [math.inf, 1.5]})
+    assert strict(path.read_text()) == {"eval": {"pearson": None}, "list": [None, 1.5]}
+    assert strict(json_text({"loss": -math.inf})) == {"loss": None}
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    command = f"{sys.executable} -m adapt.cli plugins --json | head -1"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "{" and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_train_error_hook_hears_of_failures_after_training(tiny_recipe):
+    from adapt.errors import PluginError
+    from adapt.trainer import run_recipe
+
+    class Failing:
+        errors: list[BaseException] = []
+
+        def adapt_summary(self):
+            raise ValueError("no summary today")
+
+        def adapt_on_train_error(self, error):
+            self.errors.append(error)
+
+    plugin = Failing()
+    catalogue = Catalogue.discover(extra={"failing": plugin})
+    with pytest.raises(PluginError, match="plugin 'failing' failed in adapt_summary"):
+        run_recipe(load_recipe(tiny_recipe(train={"epochs": 1}), catalogue.infos), catalogue)
+    assert len(plugin.errors) == 1 and isinstance(plugin.errors[0], PluginError)
