@@ -78,3 +78,64 @@ def test_train_error_hook_hears_of_failures_after_training(tiny_recipe):
     with pytest.raises(PluginError, match="plugin 'failing' failed in adapt_summary"):
         run_recipe(load_recipe(tiny_recipe(train={"epochs": 1}), catalogue.infos), catalogue)
     assert len(plugin.errors) == 1 and isinstance(plugin.errors[0], PluginError)
+
+
+# --- plugin faults ----------------------------------------------------------------------------------------
+
+
+def test_a_broken_installed_plugin_is_warned_about_and_fails_the_listing(install_fixture, adapt_cli, tiny_recipe):
+    env = {"PYTHONPATH": str(install_fixture("adapt-broken")), "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0"}
+    listing = adapt_cli("plugins", env=env)
+    assert listing.returncode == 1 and "broken plugin broken: unknown hook 'adapt_on_stepend'" in listing.stderr
+    run = adapt_cli("run", str(tiny_recipe(train={"max_steps": 2})), env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "warning: plugin 'broken' is broken and takes no part: unknown hook 'adapt_on_stepend'; did you mean" in (
+        run.stderr
+    )
+
+
+def test_a_hook_parameter_that_is_never_passed_gets_a_suggestion():
+    class Logger:
+        def adapt_on_log(self, run, log):
+            pass
+
+    catalogue = Catalogue.discover(extra={"logger": Logger()})
+    assert catalogue.broken["logger"] == (
+        "adapt_on_log asks for 'log', which it is never passed (it passes: run, logs); did you mean 'logs'?"
+    )
+
+
+def test_a_table_with_aliases_round_trips_through_the_saved_recipe(tiny_recipe, tmp_path):
+    import tomli_w
+    from pydantic import Field
+
+    from adapt import PluginInfo, Table
+
+    class RegTable(Table):
+        lam: float = Field(default=0.1, alias="lambda")
+
+    class Reg:
+        def adapt_plugin_info(self):
+            return PluginInfo(kind="infrastructure", table=RegTable)
+
+    catalogue = Catalogue.discover(extra={"reg": Reg()})
+    recipe = load_recipe(tiny_recipe(plugins={"reg": {"lambda": 0.5}}), catalogue.infos)
+    saved = tmp_path / "saved.toml"
+    saved.write_text(tomli_w.dumps(recipe.to_dict()))
+    assert load_recipe(saved, catalogue.infos).table("reg").lam == 0.5
+
+
+def test_a_finished_run_outlives_its_infrastructure_plugins(tiny_recipe, tmp_path, adapt_with_crash, capsys):
+    """The run's saved recipe names [plugins.crash]; crash is not installed in this process."""
+    recipe = str(tiny_recipe(train={"epochs": 1}, plugins={"disable": ["crash"]}))
+    assert adapt_with_crash("run", recipe, "--set", "plugins.crash.step=0").returncode == 0
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "names plugins no longer installed, left out: crash" in captured.err
+    assert json.loads(captured.out) == json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+
+
+def test_max_length_beyond_the_models_positions_is_refused_before_loading(tiny_recipe, capsys):
+    assert main(["run", str(tiny_recipe(data={"max_length": 100}))]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "data.max_length: 100 tokens, but" in err and "has 64 positions; use at most 64" in err

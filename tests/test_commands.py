@@ -66,7 +66,7 @@ def test_eval_on_another_file_loads_no_training_split(tiny_recipe, toy_data, tmp
     on_subset = json.loads(capsys.readouterr().out)
     assert main(["eval", str(tmp_path / "run"), "--json", "--set", "data.max_eval_samples=10"]) == 0
     assert json.loads(capsys.readouterr().out) == on_subset
-    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "nope.tsv")]) == 1
+    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "nope.tsv")]) == 2
     assert "--data: no such file" in capsys.readouterr().err
 
 

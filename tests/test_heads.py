@@ -71,7 +71,7 @@ def test_token_classification_names_missing_columns(tiny_recipe, toy_ner, adapt_
         task={"head": "token-classification", "tokens_column": "words", "tags_column": "ner_tags"},
     )
     result = adapt_cli("check", str(recipe))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "task.tokens_column: the train split has no column 'words'; its columns are: tokens, ner_tags" in " ".join(
         result.stderr.split()
     )

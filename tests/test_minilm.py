@@ -49,6 +49,6 @@ def test_lora_on_minilm_learns_sst2_offline(tmp_path, adapt_cli):
 )
 def test_missing_hub_entries_fail_fast_offline_naming_the_key(tmp_path, adapt_cli, override, message):
     result = adapt_cli("check", str(RECIPE), "--set", override, "--set", f"output.dir={tmp_path / 'run'}", env=OFFLINE)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in " ".join(result.stderr.split()), result.stderr
     assert "Traceback" not in result.stderr

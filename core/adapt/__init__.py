@@ -11,7 +11,7 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("adapt")
 
 from adapt.data import from_pretrained_cached, require_columns  # noqa: E402
-from adapt.errors import AdaptError, PluginError, RecipeError  # noqa: E402
+from adapt.errors import AdaptError, DataError, PluginError, RecipeError  # noqa: E402
 from adapt.heads import (  # noqa: E402
     TextInputs,
     encode_splits,
@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptError",
+    "DataError",
     "Interrupted",
     "Kind",
     "Metrics",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt.data import from_pretrained_cached, load_splits
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, RecipeError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
 from adapt.modeling import count_parameters, enable_activation_checkpointing
@@ -70,7 +70,26 @@ def start_run(recipe: Recipe, catalogue: Catalogue, splits: str | None = "all") 
     return run, hooks
 
 
+def check_max_length(run: Run) -> None:
+    """`data.max_length` against the model's positions, from its config alone: before the weights load,
+    instead of an index error in the middle of training."""
+    from adapt.modeling import model_config
+
+    config = model_config(run)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    length = run.recipe.data.max_length
+    if isinstance(positions, int) and length > positions:
+        raise RecipeError(
+            run.recipe.source,
+            [
+                f"data.max_length: {length} tokens, but {run.recipe.model.name} has {positions} positions; use at most "
+                f"{positions}"
+            ],
+        )
+
+
 def load_base_model(run: Run, hooks: Hooks) -> None:
+    check_max_length(run)
     run.head_modules = hooks.head_modules(run=run) or []
     kwargs = {
         "revision": run.recipe.model.revision,

@@ -132,22 +132,32 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, saved: bool = False):
+    """The catalogue and the validated recipe; `saved`: the recipe a run directory holds (lenient about
+    infrastructure plugins uninstalled since)."""
     from adapt.manager import Catalogue
     from adapt.recipe import load_recipe
+    from adapt.restore import show_notes
 
     catalogue = Catalogue.discover()
-    recipe = load_recipe(args.recipe, catalogue.infos, args.overrides, broken=catalogue.broken)
+    for name, error in catalogue.broken.items():
+        stderr.print(
+            Text(f"warning: plugin '{name}' is broken and takes no part: {error}", style="yellow"), soft_wrap=True
+        )
+    notes: list[str] | None = [] if saved else None
+    recipe = load_recipe(args.recipe, catalogue.infos, args.overrides, broken=catalogue.broken, notes=notes)
+    show_notes(notes or [])
     return catalogue, recipe
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    if Path(args.recipe).is_dir():  # a run directory: its recipe as run, and the folder as it is named now
+    saved = Path(args.recipe).is_dir()
+    if saved:  # a run directory: its recipe as run, and the folder as it is named now
         args.recipe = str(Path(args.recipe) / "recipe.toml")
         args.overrides = [f"output.dir={json.dumps(str(Path(args.recipe).parent))}", *args.overrides]
-    catalogue, recipe = _load(args)
+    catalogue, recipe = _load(args, saved=saved)
     _quiet_libraries()
     from adapt.trainer import run_recipe
 
@@ -280,7 +290,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     broken = [{"name": n, "error": e} for n, e in catalogue.broken.items()]
     if args.json:
         print(json.dumps({"plugins": rows, "broken": broken}, indent=2))
-        return 0
+        return 1 if broken else 0
     table = RichTable(title="adapt plugins", caption="hooks are shown without their adapt_ prefix")
     table.add_column("name", no_wrap=True, style="bold")
     table.add_column("kind", no_wrap=True)
@@ -293,8 +303,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         table.add_row(row["name"], row["kind"], source, f"{row['summary']}\n[dim]{hooks}[/dim]")
     stdout.print(table)
     for item in broken:
-        stderr.print(Text(f"broken plugin {item['name']}: {item['error']}", style="red"))
-    return 0
+        stderr.print(Text(f"broken plugin {item['name']}: {item['error']}", style="red"), soft_wrap=True)
+    return 1 if broken else 0  # a broken plugin is a fault to fix, even if the others work
 
 
 COMMANDS = {

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapt.errors import AdaptError
+from adapt.errors import DataError
 from adapt.sections import DataSection
 
 T = TypeVar("T")
@@ -41,14 +41,14 @@ def from_pretrained_cached(loader: Callable[..., T], name: str, *, key: str, **k
         return loader(name, local_files_only=True, **kwargs)
     except OSError as cached_error:
         if hub_offline():
-            raise AdaptError(
+            raise DataError(
                 f"{key}: '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
                 f"({cached_error}); download it once with network access, or use a local folder"
             ) from None
     try:
         return loader(name, **kwargs)
     except OSError as exc:
-        raise AdaptError(f"{key}: cannot load '{name}' from the cache or the hub: {exc}") from None
+        raise DataError(f"{key}: cannot load '{name}' from the cache or the hub: {exc}") from None
 
 
 def _cached_hub_dataset(section: DataSection) -> Any:
@@ -102,7 +102,7 @@ def load_file(path: str | Path, key: str) -> Any:
     """One local data file (.tsv, .csv, .jsonl, .json, .parquet) as a Dataset; errors name `key`."""
     problem = file_problem(path, key)
     if problem:
-        raise AdaptError(problem)
+        raise DataError(problem)
     return _load_file(str(path), key)
 
 
@@ -114,17 +114,17 @@ def preprocess_function(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]
     path = Path(file)
     problem = file_problem(path, "data.preprocess", suffixes=())
     if problem:
-        raise AdaptError(problem)
+        raise DataError(problem)
     module_spec = importlib.util.spec_from_file_location(f"adapt_preprocess_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file; say which
-        raise AdaptError(f"data.preprocess: importing '{file}' failed: {type(exc).__name__}: {exc}") from None
+        raise DataError(f"data.preprocess: importing '{file}' failed: {type(exc).__name__}: {exc}") from None
     function = getattr(module, name, None)
     if not callable(function):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise AdaptError(f"data.preprocess: '{file}' defines no function '{name}'; it defines: {', '.join(found)}")
+        raise DataError(f"data.preprocess: '{file}' defines no function '{name}'; it defines: {', '.join(found)}")
     return function
 
 
@@ -137,9 +137,9 @@ def preprocess(dataset: Any, spec: str | None) -> Any:
         try:
             result = function(row)
         except Exception as exc:  # noqa: BLE001
-            raise AdaptError(f"data.preprocess: {spec} failed on row {row}: {type(exc).__name__}: {exc}") from None
+            raise DataError(f"data.preprocess: {spec} failed on row {row}: {type(exc).__name__}: {exc}") from None
         if not isinstance(result, dict):
-            raise AdaptError(f"data.preprocess: {spec} must return a dict of columns, returned {type(result).__name__}")
+            raise DataError(f"data.preprocess: {spec} must return a dict of columns, returned {type(result).__name__}")
         return result
 
     return dataset.map(apply, desc="preprocessing")
@@ -156,20 +156,20 @@ def _dataset_splits(section: DataSection) -> tuple[Any, Any]:
             splits = _cached_hub_dataset(section)
             if splits is None:
                 if hub_offline():
-                    raise AdaptError(
+                    raise DataError(
                         f"data.dataset: '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
                         "set; download it once with network access, or point data.train_file/eval_file at files"
                     )
                 splits = load_dataset(name, section.config, revision=section.revision)
-    except AdaptError:
+    except DataError:
         raise
     except (ValueError, FileNotFoundError, OSError) as exc:
         key = "data.config" if "config" in str(exc).lower() else "data.dataset"
-        raise AdaptError(f"{key}: cannot load dataset '{name}' (config {section.config!r}): {exc}") from None
+        raise DataError(f"{key}: cannot load dataset '{name}' (config {section.config!r}): {exc}") from None
     for key in ("train_split", "eval_split"):
         split = getattr(section, key)
         if split not in splits:
-            raise AdaptError(f"data.{key}: dataset '{name}' has no split '{split}'; it has: {', '.join(splits)}")
+            raise DataError(f"data.{key}: dataset '{name}' has no split '{split}'; it has: {', '.join(splits)}")
     return splits[section.train_split], splits[section.eval_split]
 
 
@@ -181,7 +181,7 @@ def _load_file(path: str | None, key: str) -> Any:
     try:
         return load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as exc:  # noqa: BLE001 - parse errors come in many types; name the file
-        raise AdaptError(f"{key}: cannot read '{path}' as {builder}: {type(exc).__name__}: {exc}") from None
+        raise DataError(f"{key}: cannot read '{path}' as {builder}: {type(exc).__name__}: {exc}") from None
 
 
 def require_columns(dataset: Any, columns: dict[str, str], section: str = "task") -> None:
@@ -192,7 +192,7 @@ def require_columns(dataset: Any, columns: dict[str, str], section: str = "task"
     for split, data in dataset.items():
         for key, column in columns.items():
             if column not in data.column_names:
-                raise AdaptError(
+                raise DataError(
                     f"{section}.{key}: the {split} split has no column '{column}'; "
                     f"its columns are: {', '.join(data.column_names)}"
                 )

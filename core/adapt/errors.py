@@ -22,6 +22,13 @@ class RecipeError(AdaptError):
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
 
 
+class DataError(AdaptError):
+    """The data or model a recipe names is missing or not as the recipe says (a file, a dataset, a split,
+    a column, `data.preprocess`, a hub id not in the cache): bad input, like a bad recipe."""
+
+    exit_code = 2
+
+
 class PluginError(AdaptError):
     """An exception raised inside a plugin's hook, attributed to that plugin and hook."""
 

@@ -81,8 +81,36 @@ class PluginEntry:
         return self.factory() if isinstance(self.factory, type) else self.factory
 
 
+def parameter_problems(plugin: Any) -> list[str]:
+    """Hook implementations asking for a parameter that their hook never passes (a typo such as `log` for
+    `logs`), each with the hook's parameters and a suggestion. Parameters with defaults are not asked for."""
+    problems = []
+    for hook in HOOK_NAMES:
+        function = getattr(plugin, hook, None)
+        if not callable(function):
+            continue
+        try:
+            wanted = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        passed = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        for param in wanted:
+            if param.default is param.empty and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                if param.name not in passed:
+                    close = difflib.get_close_matches(param.name, passed, n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    problems.append(
+                        f"{hook} asks for '{param.name}', which it is never passed (it passes: "
+                        f"{', '.join(passed) or 'nothing'}){hint}"
+                    )
+    return problems
+
+
 def _describe(name: str, plugin: Any) -> PluginInfo:
     """Register `plugin` alone, check its hook names and signatures, and ask it to describe itself."""
+    problems = parameter_problems(plugin)
+    if problems:
+        raise ValueError("; ".join(problems))
     pm = new_manager()
     try:
         pm.register(plugin, name=name)

@@ -59,7 +59,8 @@ class Recipe:
         """The recipe with every default filled in, as TOML-ready data (written to the run directory)."""
 
         def dump(table: Table) -> dict[str, Any]:
-            return table.model_dump(mode="json", exclude_none=True)
+            # by alias: the names a recipe uses (a field `lam` read from `lambda`), so the saved recipe reloads
+            return table.model_dump(mode="json", exclude_none=True, by_alias=True)
 
         infra = {n: dump(t) for n, t in self.tables.items() if n != self.head and n not in self.methods}
         return {
@@ -79,10 +80,13 @@ def load_recipe(
     overrides: Sequence[str] = (),
     broken: Mapping[str, str] | None = None,
     check_data: bool = True,
+    notes: list[str] | None = None,
 ) -> Recipe:
     """Read, override and validate a recipe file. Raises RecipeError listing every problem.
 
-    `check_data=False` skips checking that data files exist (a finished run predicting without them)."""
+    `check_data=False` skips checking that data files exist (a finished run predicting without them).
+    With a `notes` list (a recipe a run saved), tables of infrastructure plugins that are no longer installed
+    are left out, with a note, instead of being errors: such plugins never change the trained model."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -94,7 +98,7 @@ def load_recipe(
         raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
     problems: list[str] = []
     apply_overrides(raw, overrides, problems)
-    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {}, check_data=check_data)
+    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {}, check_data=check_data, notes=notes)
     if problems:
         raise RecipeError(str(path), problems)
     assert recipe is not None
@@ -249,6 +253,7 @@ def validate(
     source: str,
     broken: Mapping[str, str],
     check_data: bool = True,
+    notes: list[str] | None = None,
 ) -> Recipe | None:
     """Validate everything that can be checked without loading a model or data; append to `problems`."""
     for key in raw:
@@ -309,6 +314,13 @@ def validate(
     section = _check_table("plugins", PluginsSection, raw.get("plugins", {}), problems)
     disabled = tuple(section.disable) if section else ()
     infra = {n for n, i in plugins.items() if i.kind == "infrastructure"}
+    extra = section.model_extra if section else {}
+    if notes is not None:  # a saved recipe: infrastructure that has since been uninstalled is not needed
+        gone = sorted({n for n in [*disabled, *(extra or {})] if n not in plugins})
+        if gone:
+            notes.append(f"the saved recipe's [plugins] names plugins no longer installed, left out: {', '.join(gone)}")
+            disabled = tuple(n for n in disabled if n not in gone)
+            extra = {n: v for n, v in (extra or {}).items() if n not in gone}
     for name in disabled:
         if name not in infra:
             problems.append(
@@ -319,7 +331,6 @@ def validate(
                     f"infrastructure plugins: {', '.join(sorted(infra))}",
                 )
             )
-    extra = section.model_extra if section else {}
     for name in extra or {}:
         if name not in infra:
             problems.append(

@@ -32,9 +32,16 @@ def open_run(
             f"saved; continue it with `adapt run {run_dir} --resume`"
         )
     fixed = [f"output.dir={json.dumps(str(run_dir))}"]
+    notes: list[str] = []
     recipe = load_recipe(
-        recipe_file, catalogue.infos, [*fixed, *overrides], broken=catalogue.broken, check_data=splits is not None
+        recipe_file,
+        catalogue.infos,
+        [*fixed, *overrides],
+        broken=catalogue.broken,
+        check_data=splits is not None,
+        notes=notes,
     )
+    show_notes(notes)
     if not recipe.output.save_artifacts:
         raise AdaptError(f"RUN_DIR: the recipe of '{run_dir}' set output.save_artifacts = false; nothing to load")
     run, hooks = start_run(recipe, catalogue, splits=splits)
@@ -42,3 +49,12 @@ def open_run(
     run.model = run.accelerator.prepare_model(run.model, evaluation_mode=True)
     run.model.eval()
     return run, hooks
+
+
+def show_notes(notes: list[str]) -> None:
+    if notes:
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False)
+        for note in notes:
+            console.print(f"note: {note}", soft_wrap=True)

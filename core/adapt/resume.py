@@ -59,7 +59,7 @@ def check_resumable(recipe: Recipe, checkpoint: Path, catalogue: Catalogue) -> N
     from adapt.checkpoint import RECIPE
     from adapt.recipe import load_recipe
 
-    saved = load_recipe(checkpoint / RECIPE, catalogue.infos, broken=catalogue.broken, check_data=False)
+    saved = load_recipe(checkpoint / RECIPE, catalogue.infos, broken=catalogue.broken, check_data=False, notes=[])
     changes = trajectory_changes(saved.to_dict(), recipe.to_dict())
     if changes:
         lines = "\n".join(f"  - {key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in changes)
