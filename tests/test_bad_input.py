@@ -139,3 +139,40 @@ def test_max_length_beyond_the_models_positions_is_refused_before_loading(tiny_r
     assert main(["run", str(tiny_recipe(data={"max_length": 100}))]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "data.max_length: 100 tokens, but" in err and "has 64 positions; use at most 64" in err
+
+
+def test_a_loss_term_that_is_not_a_scalar_tensor_names_the_plugin(tiny_recipe, tmp_path):
+    from adapt.errors import PluginError
+    from adapt.trainer import run_recipe
+
+    class Regulariser:
+        def __init__(self, value):
+            self.value = value
+
+        def adapt_loss_terms(self, outputs):
+            return {"l2": self.value(outputs)}
+
+    cases = ((lambda o: 0.5, "float"), (lambda o: o.logits.sum(0), "a tensor of shape (2,)"))
+    for i, (value, described) in enumerate(cases):
+        catalogue = Catalogue.discover(extra={"reg": Regulariser(value)})
+        recipe = tiny_recipe(f"r{i}.toml", train={"epochs": 1}, output={"dir": str(tmp_path / f"run{i}")})
+        with pytest.raises(PluginError) as info:
+            run_recipe(load_recipe(recipe, catalogue.infos), catalogue)
+        assert str(info.value) == (
+            f"plugin 'reg' failed in adapt_loss_terms: TypeError: term 'l2' is {described}, not a scalar tensor"
+        )
+
+
+def test_two_distributions_claiming_one_name(install_fixture, adapt_cli):
+    import os
+
+    sites = os.pathsep.join(str(install_fixture(name)) for name in ("adapt-hello", "adapt-clash"))
+    result = adapt_cli("plugins", "--json", env={"PYTHONPATH": sites, "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0"})
+    assert result.returncode == 1
+    listing = json.loads(result.stdout)
+    plugins = {p["name"]: p for p in listing["plugins"]}
+    broken = {b["name"]: b["error"] for b in listing["broken"]}
+    assert plugins["lora"]["origin"] == "built-in"  # a built-in is never displaced
+    assert "registers the plugin name 'lora', which is adapt's built-in" in broken["lora (from adapt-clash 0.0.1)"]
+    assert "hello" not in plugins  # between two third-party packages, neither is chosen
+    assert "adapt-hello 1.2.3" in broken["hello"] and "adapt-clash 0.0.1" in broken["hello"]

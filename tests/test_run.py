@@ -51,6 +51,13 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     assert [r["step"] for r in evals] == [5, 10, 15, 20, 24]
     assert evals[-1]["accuracy"] == summary["eval"]["accuracy"]
     assert json.loads((run_dir / ".adapt-run.json").read_text())["status"] == "finished"
+    version = summary["versions"]["adapt"]
+    assert summary["plugins"]["lora"] == {
+        "kind": "method",
+        "distribution": "adapt",
+        "version": version,
+        "origin": "built-in",
+    }
     # every eval (5, 10, 15, 20) and both epoch ends; LoRA and the head only, then deleted once the run finished
     assert summary["checkpoints"]["count"] == 6 and 0 < summary["checkpoints"]["bytes"] < 200_000
     resolved = (run_dir / "recipe.toml").read_text()

@@ -142,10 +142,30 @@ class Hooks:
         )
 
     def loss_terms(self, *, run: Run, batch: dict[str, torch.Tensor], outputs: Any) -> dict[str, torch.Tensor]:
+        import torch
+
         terms: dict[str, torch.Tensor] = {}
-        for contribution in self._call("adapt_loss_terms", run=run, batch=batch, outputs=outputs):
-            terms.update(contribution)
+        for plugin, caller in self._per_plugin("adapt_loss_terms"):
+            for contribution in self._call("adapt_loss_terms", caller, run=run, batch=batch, outputs=outputs):
+                for name, value in contribution.items():
+                    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                        shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else None
+                        raise PluginError(
+                            plugin,
+                            "adapt_loss_terms",
+                            TypeError(f"term '{name}' is {shape or type(value).__name__}, not a scalar tensor"),
+                        )
+                terms.update(contribution)
         return terms
+
+    def _per_plugin(self, name: str) -> list[tuple[str, Any]]:
+        """(plugin, caller reaching only it) for each implementation of hook `name`, built once: hooks the
+        core checks per plugin on the hot path (loss terms, every micro-batch)."""
+        cache = self.__dict__.setdefault("_callers", {})
+        if name not in cache:
+            impls = getattr(self.pm.hook, name).get_hookimpls()
+            cache[name] = [(impl.plugin_name, self._only(name, impl.plugin_name)) for impl in reversed(impls)]
+        return cache[name]
 
     def on_step_end(self, *, run: Run) -> None:
         self._call("adapt_on_step_end", run=run)

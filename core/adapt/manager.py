@@ -145,20 +145,48 @@ class Catalogue:
             return
         self.entries[name] = PluginEntry(name, factory, info, origin, **meta)
 
+    def clash(self, name: str, first: tuple[str | None, str | None], second: tuple[str | None, str | None]) -> None:
+        """Two distributions register plugin `name`. A built-in keeps it, and the other is reported (never a
+        silent displacement); between two third-party ones neither is chosen."""
+
+        def label(dist: tuple[str | None, str | None]) -> str:
+            return f"{dist[0]} {dist[1]}" if dist[0] else "an unknown distribution"
+
+        builtin = [d for d in (first, second) if (d[0] or "").lower() == BUILTIN_DISTRIBUTION]
+        if builtin:
+            other = second if builtin[0] is first else first
+            self.broken[f"{name} (from {label(other)})"] = (
+                f"registers the plugin name '{name}', which is adapt's built-in; the built-in is used: rename the "
+                f"entry point or uninstall {other[0]}"
+            )
+            return
+        self.entries.pop(name, None)
+        self.broken[name] = (
+            f"two installed distributions register the plugin name '{name}': {label(first)} and {label(second)}; "
+            "uninstall one"
+        )
+
     @classmethod
     def discover(cls, extra: Mapping[str, Any] | None = None) -> Catalogue:
         """Load the `adapt` entry points (only the built-ins when autoload is disabled), plus `extra`."""
         catalogue = cls()
+        seen: dict[str, tuple[str | None, str | None]] = {}  # plugin name -> (distribution, version)
         builtins_only = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("", "0")
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+
+        def is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
+            return ep.dist is not None and ep.dist.name.lower() == BUILTIN_DISTRIBUTION
+
+        # Built-ins first, so that a third-party plugin taking a built-in's name never displaces it.
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: not is_builtin(e)):
             dist = ep.dist.name if ep.dist else None
             builtin = dist is not None and dist.lower() == BUILTIN_DISTRIBUTION
             if builtins_only and not builtin:
                 continue
-            if ep.name in catalogue.entries or ep.name in catalogue.broken:
-                catalogue.broken[ep.name] = f"two installed plugins use the name '{ep.name}' ({ep.value}, and another)"
-                catalogue.entries.pop(ep.name, None)
+            version = ep.dist.version if ep.dist else None
+            if ep.name in seen:
+                catalogue.clash(ep.name, seen[ep.name], (dist, version))
                 continue
+            seen[ep.name] = (dist, version)
             meta = {
                 "distribution": dist,
                 "version": ep.dist.version if ep.dist else None,
@@ -182,6 +210,13 @@ class Catalogue:
         """
         infra = [e for e in self.entries.values() if e.info.kind == "infrastructure" and e.name not in recipe.disabled]
         return [*infra, self.entries[recipe.head], *(self.entries[m] for m in recipe.methods)]
+
+    def provenance(self, recipe: Recipe) -> dict[str, dict[str, str | None]]:
+        """Where each plugin of a run came from, for summary.json: what to install to load the run again."""
+        return {
+            e.name: {"kind": e.info.kind, "distribution": e.distribution, "version": e.version, "origin": e.origin}
+            for e in self.selected(recipe)
+        }
 
     def manager(self, recipe: Recipe) -> AdaptPluginManager:
         pm = new_manager()

@@ -124,6 +124,7 @@ def _train(recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals
     loop.train(claim.checkpoint)  # calls adapt_on_train_error itself when training, evaluating or saving fails
     try:
         summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run), probe)
+        summary["plugins"] = catalogue.provenance(recipe)
         if run.is_main_process:
             _write_summary(run, claim.directory, summary)
             loop.checkpointer.remove_all()
