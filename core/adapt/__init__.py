@@ -27,6 +27,7 @@ from adapt.interrupts import Interrupted  # noqa: E402
 from adapt.io import atomic_dir, atomic_write_json, atomic_write_text, json_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
+    decay_groups,
     find_blocks,
     fresh_modules,
     head_module_names,
@@ -58,6 +59,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "count_parameters",
+    "decay_groups",
     "encode_splits",
     "encode_texts",
     "example_logits",

@@ -137,7 +137,7 @@ def _load(args: argparse.Namespace, saved: bool = False):
     infrastructure plugins uninstalled since)."""
     from adapt.manager import Catalogue
     from adapt.recipe import load_recipe
-    from adapt.restore import show_notes
+    from adapt.report import show_notes
 
     catalogue = Catalogue.discover()
     for name, error in catalogue.broken.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adapt import hookimpl
+from adapt import decay_groups, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -16,15 +16,7 @@ if TYPE_CHECKING:
 @hookimpl(trylast=True)
 def adapt_param_groups(run: Run) -> list[dict[str, Any]]:
     """Trainable parameters in two groups: matrices decay, vectors (biases, norms) do not."""
-    decay, no_decay = [], []
-    for param in run.model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [
-        {"name": "decay", "params": decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    return decay_groups(p for p in run.model.parameters() if p.requires_grad)
 
 
 @hookimpl(trylast=True)

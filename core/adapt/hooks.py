@@ -43,6 +43,7 @@ class Hooks:
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
+        self._callers: dict[str, list[tuple[str, Any]]] = {}
 
     @contextmanager
     def _attributed(self, name: str, caller: Any) -> Iterator[None]:
@@ -159,13 +160,12 @@ class Hooks:
         return terms
 
     def _per_plugin(self, name: str) -> list[tuple[str, Any]]:
-        """(plugin, caller reaching only it) for each implementation of hook `name`, built once: hooks the
-        core checks per plugin on the hot path (loss terms, every micro-batch)."""
-        cache = self.__dict__.setdefault("_callers", {})
-        if name not in cache:
+        """(plugin, caller reaching only it) for each implementation of hook `name`, in call order, built once:
+        for hooks whose answers the core keeps or checks per plugin (loss terms run every micro-batch)."""
+        if name not in self._callers:
             impls = getattr(self.pm.hook, name).get_hookimpls()
-            cache[name] = [(impl.plugin_name, self._only(name, impl.plugin_name)) for impl in reversed(impls)]
-        return cache[name]
+            self._callers[name] = [(i.plugin_name, self._only(name, i.plugin_name)) for i in reversed(impls)]
+        return self._callers[name]
 
     def on_step_end(self, *, run: Run) -> None:
         self._call("adapt_on_step_end", run=run)
@@ -200,18 +200,16 @@ class Hooks:
     def checkpoint_state(self, *, run: Run) -> dict[str, Any]:
         """Each plugin's own answer, by plugin name (None answers left out)."""
         states = {}
-        for impl in self.pm.hook.adapt_checkpoint_state.get_hookimpls():
-            caller = self._only("adapt_checkpoint_state", impl.plugin_name)
-            answers = [a for a in self._call("adapt_checkpoint_state", caller, run=run) if a is not None]
+        for plugin, caller in self._per_plugin("adapt_checkpoint_state"):
+            answers = self._call("adapt_checkpoint_state", caller, run=run)  # pluggy leaves out None answers
             if answers:
-                states[impl.plugin_name] = answers[0]
+                states[plugin] = answers[0]
         return states
 
     def load_checkpoint_state(self, *, run: Run, states: dict[str, Any]) -> None:
-        for impl in self.pm.hook.adapt_load_checkpoint_state.get_hookimpls():
-            if impl.plugin_name in states:
-                caller = self._only("adapt_load_checkpoint_state", impl.plugin_name)
-                self._call("adapt_load_checkpoint_state", caller, run=run, state=states[impl.plugin_name])
+        for plugin, caller in self._per_plugin("adapt_load_checkpoint_state"):
+            if plugin in states:
+                self._call("adapt_load_checkpoint_state", caller, run=run, state=states[plugin])
 
     def on_train_error(self, *, run: Run, error: BaseException) -> None:
         self._call("adapt_on_train_error", run=run, error=error)

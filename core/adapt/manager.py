@@ -189,7 +189,7 @@ class Catalogue:
             seen[ep.name] = (dist, version)
             meta = {
                 "distribution": dist,
-                "version": ep.dist.version if ep.dist else None,
+                "version": version,
                 "value": ep.value,
             }
             try:

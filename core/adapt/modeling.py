@@ -123,6 +123,17 @@ def fresh_modules(model: torch.nn.Module, missing_keys) -> list[str]:
     return fresh
 
 
+def decay_groups(params, prefix: str = "", **options) -> list[dict]:
+    """`torch.optim` parameter groups for `params`: matrices with weight decay ("{prefix}decay"), vectors
+    (biases, norms) without ("{prefix}no_decay"); `options` (an "lr") go into both; empty groups are left out."""
+    params = list(params)
+    groups = [
+        {"name": f"{prefix}decay", "params": [p for p in params if p.ndim >= 2], **options},
+        {"name": f"{prefix}no_decay", "params": [p for p in params if p.ndim < 2], **options, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """Non-reentrant activation checkpointing on the transformers model inside `model` (under PEFT's wrapper
     too). Non-reentrant, because the reentrant form needs the blocks' inputs to require grad, which they do

@@ -73,6 +73,16 @@ class MemoryProbe:
         return memory
 
 
+def show_notes(notes: list[str]) -> None:
+    """Notes for the user (a run started afresh, a plugin table left out), one line each on stderr."""
+    if notes:
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False)
+        for note in notes:
+            console.print(f"note: {note}", soft_wrap=True)
+
+
 def versions() -> dict[str, str]:
     found = {}
     for name in VERSIONED:

@@ -21,6 +21,7 @@ def open_run(
     `splits` as for `start_run`: "eval" loads the recipe's eval split, None no data at all."""
     from adapt.build import restore_model, start_run
     from adapt.recipe import load_recipe
+    from adapt.report import show_notes
     from adapt.rundir import describe_stop, has_trained_model
 
     recipe_file = run_dir / "recipe.toml"
@@ -49,12 +50,3 @@ def open_run(
     run.model = run.accelerator.prepare_model(run.model, evaluation_mode=True)
     run.model.eval()
     return run, hooks
-
-
-def show_notes(notes: list[str]) -> None:
-    if notes:
-        from rich.console import Console
-
-        console = Console(stderr=True, highlight=False)
-        for note in notes:
-            console.print(f"note: {note}", soft_wrap=True)

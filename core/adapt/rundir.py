@@ -24,7 +24,7 @@ from adapt.io import atomic_write_json
 MARKER = ".adapt-run.json"  # says "adapt wrote this folder" and what state its run is in
 LOCK = ".adapt-run.lock"  # held (flock) by the process training into the folder
 LATEST = "latest"  # `--resume` without a path
-FINISHED = ("finished",)
+FINISHED = "finished"
 TRAINED = "trained"  # artifacts saved; summary.json may be missing
 
 
@@ -58,7 +58,7 @@ def run_status(path: Path) -> str:
 def has_trained_model(path: Path) -> bool:
     """Whether `adapt eval/predict/export` can load the run: its training finished and its artifacts were
     saved, whether or not summary.json could be written afterwards."""
-    return run_status(path) in (*FINISHED, TRAINED) or (path / "summary.json").is_file()
+    return run_status(path) in (FINISHED, TRAINED) or (path / "summary.json").is_file()
 
 
 def describe_stop(path: Path) -> str:
@@ -252,7 +252,7 @@ def _claim_output(output_dir: str, *, overwrite: bool, resume: str | None, recip
         )
     lock = _lock(path)
     status = run_status(path)
-    if status in FINISHED:
+    if status == FINISHED:
         if resume is not None:
             lock.release()
             note = (

@@ -28,7 +28,7 @@ from adapt.io import atomic_write_json, atomic_write_text
 from adapt.manager import Catalogue
 from adapt.nonfinite import NonFiniteGuard
 from adapt.recipe import Recipe
-from adapt.report import MemoryProbe, run_summary
+from adapt.report import MemoryProbe, run_summary, show_notes
 from adapt.resume import check_resumable
 from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
 from adapt.types import Run
@@ -99,16 +99,12 @@ def _claim(recipe: Recipe, resume: str | None) -> Claim:
         broadcast_object_list(shared)
         checkpoint, finished, error, code = shared[0]
         if error is not None:
-            if claim is None:
-                raised = RunDirectoryError(error)
-                raised.exit_code = code
-                raise raised
+            raised = RunDirectoryError(error)
+            raised.exit_code = code
+            raise raised
         if claim is None:
             claim = Claim(checkpoint=checkpoint, finished=finished)
-    from rich.console import Console
-
-    for note in claim.notes:
-        Console(stderr=True, highlight=False).print(f"note: {note}", soft_wrap=True)
+    show_notes(claim.notes)
     return claim
 
 
@@ -161,7 +157,7 @@ def out_of_memory_advice(run: Run, error: BaseException, checkpoint_step: int | 
         advice.append('train.optimizer = "adamw-8bit" (optimizer state in 1 byte per value instead of 4)')
     if "full" in methods or "gradual-unfreezing" in methods:
         advice.append("[methods.lora] instead of training every weight")
-    elif "int8" not in methods or run.recipe.table("int8").model_dump().get("bits") != 4:
+    elif "int8" not in methods or getattr(run.recipe.table("int8"), "bits", None) != 4:
         advice.append("[methods.int8] bits = 4 under LoRA (a 4-bit base, as in QLoRA)")
     advice.append(
         f"train.batch_size = {max(1, cfg.batch_size // 2)} with train.grad_accum_steps = {cfg.grad_accum_steps * 2} "
@@ -291,7 +287,8 @@ class TrainingLoop:
                     terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
                     guard.observe(run.step + 1, loss, terms)
                     acc.backward(loss + sum(terms.values()) if terms else loss)
-                    window.add(loss, terms, _batch_size(batch) * acc.num_processes)
+                    samples = _batch_size(batch) * acc.num_processes
+                    window.add(loss, terms, samples)
                     if acc.sync_gradients:
                         if guard.drop_step(run.step + 1):
                             window.discard()
@@ -302,7 +299,7 @@ class TrainingLoop:
                             window.commit()
                         optimizer.zero_grad(set_to_none=True)
                 self.batches_in_epoch += 1
-                run.samples_seen += _batch_size(batch) * acc.num_processes
+                run.samples_seen += samples
                 if not acc.sync_gradients:
                     continue
                 run.scheduler.step()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, find_blocks, hookimpl, load_model_folder, save_model_folder
+from adapt import PluginInfo, Run, Table, decay_groups, find_blocks, hookimpl, load_model_folder, save_model_folder
 
 ARTIFACT_DIR = "model"
 
@@ -81,13 +81,10 @@ class GradualUnfreezing:
         optimizer_groups = []
         for level, names in enumerate(self.groups):
             lr = run.recipe.train.learning_rate / table.lr_decay**level
-            decay = [params[n] for n in names if params[n].ndim >= 2]
-            no_decay = [params[n] for n in names if params[n].ndim < 2]
-            for kind, members, extra in (("decay", decay, {}), ("no_decay", no_decay, {"weight_decay": 0.0})):
-                if members:
-                    optimizer_groups.append({"name": f"group{level}-{kind}", "params": members, "lr": lr, **extra})
-                    self.level.append(level)
-                    self.target_lrs.append(lr)
+            for group in decay_groups((params[n] for n in names), prefix=f"group{level}-", lr=lr):
+                optimizer_groups.append(group)
+                self.level.append(level)
+                self.target_lrs.append(lr)
         return optimizer_groups
 
     @hookimpl

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, atomic_dir, hookimpl
+from adapt import PluginInfo, Run, Table, atomic_dir, decay_groups, hookimpl
 
 ADAPTER_DIR = "adapter"
 
@@ -67,16 +67,11 @@ def adapt_param_groups(run: Run) -> list[dict[str, Any]] | None:
     table: LoraTable = run.table("lora")
     if table.lr_ratio is None:
         return None
-    b_matrices, decay, no_decay = [], [], []
-    for name, param in run.model.named_parameters():
-        if param.requires_grad:
-            (b_matrices if ".lora_B." in name else decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [
-        {"name": "lora_B", "params": b_matrices, "lr": run.recipe.train.learning_rate * table.lr_ratio},
-        {"name": "decay", "params": decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+    trained = [(name, param) for name, param in run.model.named_parameters() if param.requires_grad]
+    b_matrices = [param for name, param in trained if ".lora_B." in name]
+    rest = decay_groups(param for name, param in trained if ".lora_B." not in name)
+    lr = run.recipe.train.learning_rate * table.lr_ratio
+    return [{"name": "lora_B", "params": b_matrices, "lr": lr}, *rest] if b_matrices else rest
 
 
 @hookimpl
