@@ -106,3 +106,11 @@ def test_a_plugin_brings_its_own_optimizer(tiny_recipe, monkeypatch):
     catalogue = Catalogue.discover(extra={"plain-sgd": plugin})
     summary = run_recipe(load_recipe(tiny_recipe(train={"epochs": 1}), catalogue.infos), catalogue)
     assert summary["steps"] == 12 and [g["name"] for g in plugin.groups] == ["decay", "no_decay"]
+
+
+def test_adafactor_on_a_torch_without_it_says_so(train_tiny, monkeypatch):
+    from adapt.errors import AdaptError
+
+    monkeypatch.delattr(torch.optim, "Adafactor")  # as on torch 2.4, which the requirement admits
+    with pytest.raises(AdaptError, match="'adafactor' is torch.optim.Adafactor, new in torch 2.5; this is torch"):
+        train_tiny(methods=FULL, train={"optimizer": "adafactor", "epochs": 1})

@@ -66,6 +66,11 @@ def build_optimizer(run: Run, param_groups: list[dict[str, Any]]) -> torch.optim
         fused = options.fused if options.fused is not None else device.type == "cuda"
         return torch.optim.AdamW(param_groups, betas=options.betas, eps=options.eps, fused=fused or None, **common)
     if cfg.optimizer == "adafactor":
+        if not hasattr(torch.optim, "Adafactor"):  # the requirement admits torch 2.4, which has none
+            raise AdaptError(
+                f"train.optimizer: 'adafactor' is torch.optim.Adafactor, new in torch 2.5; this is torch "
+                f"{torch.__version__}: upgrade torch or choose another optimizer"
+            )
         return torch.optim.Adafactor(
             param_groups, beta2_decay=options.beta2_decay, eps=options.eps, d=options.d, **common
         )
