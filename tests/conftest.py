@@ -104,6 +104,7 @@ def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
             "log_every": 2,
             "seed": 7,
             "warmup_ratio": 0.0,
+            "precision": "fp32",  # the same arithmetic on every CPU kind ("auto" is bf16 on AMX CPUs)
         },
         "output": {"dir": str(output)},
     }

@@ -48,7 +48,7 @@ def test_all_problems_reported_at_once(tiny_recipe, catalogue):
     text = "\n".join(problems)
     assert "train.lerning_rate: unknown key; did you mean 'learning_rate'?" in text
     assert "train.batch_size: Input should be a valid integer" in text
-    assert "train.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp64')" in text
+    assert "train.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16' (got 'fp64')" in text
     assert (
         "methods.lorra: no method plugin named 'lorra'; did you mean 'lora'? installed methods: adapters, full, "
         "gradual-unfreezing, head-only, int8, lora" in text
@@ -160,6 +160,8 @@ def test_cli_reports_unreadable_and_malformed_files(tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_recipes_are_valid(path, catalogue):
     recipe = load_recipe(path, catalogue.infos, ["output.overwrite=true"])
-    assert recipe.model.name == "sentence-transformers/all-MiniLM-L6-v2" and recipe.train.seed == 42
+    assert recipe.train.seed == 42
+    if path.name != "qlora-sft.toml":  # the one GPU recipe; test_plan plans it offline from its shipped config
+        assert recipe.model.name == "sentence-transformers/all-MiniLM-L6-v2"
     if path.name.endswith("-sst2.toml"):  # one budget for the method comparison
         assert recipe.data.max_train_samples == 40000 and recipe.train.epochs == 1

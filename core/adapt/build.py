@@ -10,6 +10,7 @@ from adapt.errors import AdaptError, RecipeError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
 from adapt.modeling import count_parameters, enable_activation_checkpointing
+from adapt.precision import resolve_precision
 from adapt.recipe import Recipe
 from adapt.types import Run
 
@@ -32,10 +33,11 @@ def make_accelerator(recipe: Recipe):
     # may use another precision or accumulation. The distributed PartialState is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    if recipe.train.precision == "fp16" and not torch.cuda.is_available():
+    precision, _ = resolve_precision(recipe.train.precision)
+    if precision == "fp16" and not torch.cuda.is_available():
         raise AdaptError("train.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on a CPU")
     return Accelerator(
-        mixed_precision=PRECISIONS[recipe.train.precision],
+        mixed_precision=PRECISIONS[precision],
         gradient_accumulation_steps=recipe.train.grad_accum_steps,
         # The core steps the scheduler itself, once per optimizer step, whatever the process count.
         step_scheduler_with_optimizer=False,
@@ -68,6 +70,18 @@ def start_run(recipe: Recipe, catalogue: Catalogue, splits: str | None = "all") 
     if splits is not None:
         run.dataset = load_splits(recipe.data, seed=recipe.train.seed, train=splits == "all")
     return run, hooks
+
+
+def encode(run: Run, hooks: Hooks) -> None:
+    """The head encodes the loaded splits into `run.encoded` (plain Python values, no tensor format)."""
+    run.encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)
+
+
+def token_lengths(split) -> list[int]:
+    """Each encoded example's token count, read from the Arrow column (no Python list per example)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(split.with_format("arrow")["input_ids"]).to_pylist()
 
 
 def check_max_length(run: Run) -> None:

@@ -60,7 +60,29 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in output.dir from its newest complete checkpoint (or from CHECKPOINT, a "
         "checkpoints/step-N folder); a finished run is left as it is, and with nothing to resume a new run starts",
     )
+    p.add_argument(
+        "--ignore-plan",
+        action="store_true",
+        help="start on a GPU even when the memory plan says the run does not fit",
+    )
     command("check", "validate a recipe, build its model and show trainable parameters per method", *recipe)
+    p = command(
+        "plan",
+        "estimate a recipe's training memory before loading any weights: fits or not, and what to change",
+        *recipe,
+    )
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="cpu (this machine's free memory), cuda (this machine's GPU) or a GPU's memory such as 24GiB; "
+        "default: cuda where there is one, else cpu",
+    )
+    p.add_argument(
+        "--model-config",
+        metavar="PATH",
+        help="the model's config.json (or its folder), for a model whose files are not in the cache",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command(
         "eval",
         "recompute a finished run's metrics on its eval split (or another)",
@@ -161,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from adapt.trainer import run_recipe
 
-    run_recipe(recipe, catalogue, resume=args.resume)
+    run_recipe(recipe, catalogue, resume=args.resume, ignore_plan=args.ignore_plan)
     return 0
 
 
@@ -180,6 +202,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         share = 100 * count.trainable / max(count.total, 1)
         table.add_row(count.stage, f"{count.trainable:,}", f"{count.total:,}", f"{share:.3f}")
     stdout.print(table)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    catalogue, recipe = _load(args)
+    _quiet_libraries()
+    from adapt.io import json_text
+    from adapt.plan import make_plan, parse_device, render_plan
+
+    plan = make_plan(recipe, catalogue, parse_device(args.device), config_path=args.model_config)
+    if args.json:
+        print(json_text(plan.to_json()))
+    else:
+        render_plan(plan, stdout)
     return 0
 
 
@@ -310,6 +346,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
+    "plan": cmd_plan,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adapt import meta_models
 from adapt.errors import DataError
 from adapt.sections import DataSection
 
@@ -34,7 +35,19 @@ def hub_offline() -> bool:
 
 
 def from_pretrained_cached(loader: Callable[..., T], name: str, *, key: str, **kwargs: Any) -> T:
-    """`loader(name, **kwargs)` (any `from_pretrained`), trying the local cache before the network."""
+    """`loader(name, **kwargs)` (any `from_pretrained`), trying the local cache before the network. Inside
+    `meta_models.models_on_meta()` (`adapt plan`) a model is built on the meta device from its config instead."""
+    if meta_models.active():
+        if meta_models.is_config_loader(loader) and meta_models.config_path():
+            name = meta_models.config_path()
+        elif meta_models.is_model_loader(loader):
+            from transformers import AutoConfig
+
+            def load_config(**config_kwargs):
+                options = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+                return from_pretrained_cached(AutoConfig.from_pretrained, name, key=key, **options, **config_kwargs)
+
+            return meta_models.build_on_meta(loader, name, kwargs, load_config)
     if Path(name).is_dir():
         return loader(name, **kwargs)
     try:

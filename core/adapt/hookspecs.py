@@ -19,6 +19,14 @@ a time, in the composition order, so methods never need to know about each other
 A finished run is loaded back (``adapt eval``, ``predict``, ``export``) with ``adapt_restore_state``, the
 head's model hooks and ``adapt_load_artifacts`` in place of ``adapt_transform_model``; no training data
 is needed for that.
+
+A memory plan (``adapt plan``, and the estimate ``adapt run`` prints before loading weights) calls the head's
+and the methods' hooks (never infrastructure plugins'), on new plugin instances, with ``run.planning`` True:
+``adapt_configure``, ``adapt_head_modules``, ``adapt_model_load_kwargs``, ``adapt_load_model`` (where
+``adapt.from_pretrained_cached`` and ``adapt.load_task_model`` build the model on the meta device from its
+config), ``adapt_transform_model``, ``adapt_make_collator``, ``adapt_compute_loss`` and ``adapt_loss_terms``
+(on meta tensors). ``run.dataset`` may be None there (no data at hand). Skip what needs real tensors or the
+device (a kernel probe, a cache) when ``run.planning`` is set.
 """
 
 from __future__ import annotations

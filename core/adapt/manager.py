@@ -218,9 +218,13 @@ class Catalogue:
             for e in self.selected(recipe)
         }
 
-    def manager(self, recipe: Recipe) -> AdaptPluginManager:
+    def manager(self, recipe: Recipe, infrastructure: bool = True) -> AdaptPluginManager:
+        """A fresh plugin manager holding the run's plugins, each a new instance; `infrastructure=False` leaves
+        out the infrastructure plugins (a memory plan is none of their business: no progress bar, no tracker)."""
         pm = new_manager()
         for entry in self.selected(recipe):
+            if not infrastructure and entry.info.kind == "infrastructure":
+                continue
             pm.register(entry.instantiate(), name=entry.name)
         pm.check_pending()
         return pm

@@ -93,6 +93,13 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _precision(run: Run) -> dict[str, str]:
+    from adapt.precision import resolve_precision
+
+    chosen = {"no": "fp32"}.get(run.accelerator.mixed_precision, run.accelerator.mixed_precision)
+    return {"precision": chosen, "precision_reason": resolve_precision(run.recipe.train.precision)[1]}
+
+
 def run_summary(
     run: Run,
     loop_stats: dict[str, Any],
@@ -122,7 +129,7 @@ def run_summary(
         "memory": {**peak_memory(), **(probe.measured() if probe else {})},
         "device": str(run.accelerator.device),
         "num_processes": run.accelerator.num_processes,
-        "precision": recipe.train.precision,
+        **_precision(run),
         "seed": recipe.train.seed,
         "versions": versions(),
         **extras,

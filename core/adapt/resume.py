@@ -54,12 +54,16 @@ def trajectory_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple
     return changed
 
 
-def check_resumable(recipe: Recipe, checkpoint: Path, catalogue: Catalogue) -> None:
-    """Raise ResumeError listing each key whose change would alter the trajectory (old and new values)."""
+def check_resumable(recipe: Recipe, checkpoint: Path, catalogue: Catalogue) -> Recipe:
+    """Raise ResumeError listing each key whose change would alter the trajectory (old and new values).
+    Returns the recipe to resume with: with `batch_size = "auto"`, the micro-batch the checkpoint trained with."""
+    from adapt.autobatch import with_batch
     from adapt.checkpoint import RECIPE
     from adapt.recipe import load_recipe
 
     saved = load_recipe(checkpoint / RECIPE, catalogue.infos, broken=catalogue.broken, check_data=False, notes=[])
+    if recipe.train.batch_size == "auto" and isinstance(saved.train.batch_size, int):
+        recipe = with_batch(recipe, saved.train.batch_size)
     changes = trajectory_changes(saved.to_dict(), recipe.to_dict())
     if changes:
         lines = "\n".join(f"  - {key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in changes)
@@ -69,3 +73,4 @@ def check_resumable(recipe: Recipe, checkpoint: Path, catalogue: Catalogue) -> N
             "with --set output.overwrite=true. (eval_every, log_every, checkpoint_every, keep_checkpoints, "
             "nonfinite, num_workers, eval_batch_size, [output] and [plugins] may change.)"
         )
+    return recipe

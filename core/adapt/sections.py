@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -63,9 +63,15 @@ class TrainSection(Table):
     epochs: float = Field(default=1.0, gt=0)
     #: Stop after this many optimizer steps (overrides epochs when smaller).
     max_steps: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    #: Rows per micro-batch, or "auto": the largest that fits the device (on CUDA tried, backing off on
+    #: out-of-memory; on a CPU from the memory plan and the free memory), at most `effective_batch_size` (128
+    #: when that is not set).
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 32
     eval_batch_size: int | None = Field(default=None, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)
+    #: Rows per optimizer step: gradient accumulation makes up what the micro-batch does not hold
+    #: (grad_accum_steps = effective_batch_size / batch_size, rounded up). Instead of grad_accum_steps.
+    effective_batch_size: int | None = Field(default=None, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
     #: adamw (torch), adamw-8bit / paged-adamw-8bit (bitsandbytes: 1 byte per state value), adafactor, sgd.
     optimizer: Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd"] = "adamw"
@@ -79,7 +85,9 @@ class TrainSection(Table):
     eval_every: int | None = Field(default=None, ge=1)
     log_every: int = Field(default=10, ge=1)
     seed: int = 42
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: "auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16; CPUs with AMX or
+    #: AVX512-BF16), else fp32. summary.json records what was chosen and why.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: Length-grouped batches: shuffle, sort within pools of `length_pool` batches, shuffle the batches.
     group_by_length: bool = True
     length_pool: int = Field(default=64, ge=1)
@@ -105,6 +113,19 @@ class TrainSection(Table):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accumulate_to_the_effective_batch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("effective_batch_size") is not None:
+            if data.get("grad_accum_steps", 1) != 1:
+                raise ValueError("set grad_accum_steps or effective_batch_size, not both")
+            batch, effective = data.get("batch_size", 32), data["effective_batch_size"]
+            if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 and isinstance(effective, int):
+                if batch > effective:
+                    raise ValueError(f"batch_size ({batch}) is larger than effective_batch_size ({effective})")
+                data = {**data, "grad_accum_steps": -(-effective // batch)}
+        return data
 
     @property
     def checkpoint_interval(self) -> int:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from adapt.autobatch import largest_that_runs, start_size, with_batch
 from adapt.batching import LengthGroupedBatches, padding_efficiency
-from adapt.build import build_model, start_run
+from adapt.build import build_model, encode, start_run, token_lengths
 from adapt.checkpoint import Checkpointer
 from adapt.errors import AdaptError
 from adapt.evaluation import Evaluator
@@ -36,10 +37,13 @@ from adapt.types import Run
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-def run_recipe(recipe: Recipe, catalogue: Catalogue, resume: str | None = None) -> dict[str, Any]:
+def run_recipe(
+    recipe: Recipe, catalogue: Catalogue, resume: str | None = None, ignore_plan: bool = False
+) -> dict[str, Any]:
     """Everything `adapt run` does: claim the output folder, build, train (or resume: `resume` is
     "latest" or a checkpoint path), evaluate, save; returns the summary (an earlier one when the run in
-    the folder had already finished)."""
+    the folder had already finished). On CUDA a run whose memory plan does not fit the device stops before
+    loading weights, unless `ignore_plan`."""
     with StopSignals() as stop:
         claim = _claim(recipe, resume)
         if claim.finished:
@@ -48,8 +52,8 @@ def run_recipe(recipe: Recipe, catalogue: Catalogue, resume: str | None = None) 
         directory = claim.directory
         try:
             if claim.checkpoint is not None:
-                check_resumable(recipe, claim.checkpoint, catalogue)
-            summary = _train(recipe, catalogue, claim, stop)
+                recipe = check_resumable(recipe, claim.checkpoint, catalogue)
+            summary = _train(recipe, catalogue, claim, stop, ignore_plan)
         except SummaryNotWritten:
             raise  # the marker already says "trained": the model is usable
         except Interrupted as exc:
@@ -108,18 +112,32 @@ def _claim(recipe: Recipe, resume: str | None) -> Claim:
     return claim
 
 
-def _train(recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals) -> dict[str, Any]:
+def _train(
+    recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals, ignore_plan: bool = False
+) -> dict[str, Any]:
     import tomli_w
 
     run, hooks = start_run(recipe, catalogue)
-    probe = MemoryProbe()  # the baseline: data loaded, model not yet
+    encode(run, hooks)
+    plan = plan_before_loading(run, catalogue, ignore_plan)
+    auto_batch = recipe.train.batch_size == "auto"
+    if auto_batch and run.accelerator.device.type != "cuda":
+        choose_batch(run, start_size(plan, recipe), "the memory plan")
+    probe = MemoryProbe()  # the baseline: data loaded and encoded, model not yet
     param_counts = build_model(run, hooks)
+    if auto_batch and run.accelerator.device.type == "cuda":
+        choose_batch(run, largest_that_runs(run, hooks, start_size(plan, recipe)), "a trial step")
+    if plan is not None and plan.batch_size != run.recipe.train.batch_size:
+        plan = plan.at_batch(run.recipe.train.batch_size)
+    recipe = run.recipe
     if run.is_main_process:
         atomic_write_text(run.output_dir / "recipe.toml", tomli_w.dumps(recipe.to_dict()))
     loop = TrainingLoop(run, hooks, stop)
     loop.train(claim.checkpoint)  # calls adapt_on_train_error itself when training, evaluating or saving fails
     try:
         summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run), probe)
+        if plan is not None:
+            summary["memory"]["planned_peak_bytes"] = plan.planned_peak_bytes
         summary["plugins"] = catalogue.provenance(recipe)
         if run.is_main_process:
             _write_summary(run, claim.directory, summary)
@@ -129,6 +147,41 @@ def _train(recipe: Recipe, catalogue: Catalogue, claim: Claim, stop: StopSignals
         raise
     hooks.on_train_end(run=run, summary=summary)
     return summary
+
+
+def choose_batch(run: Run, batch: int, how: str) -> None:
+    """Resolve `batch_size = "auto"`: the run's recipe (saved with the run) gets the micro-batch and the
+    accumulation that keeps its effective batch."""
+    run.recipe = with_batch(run.recipe, batch)
+    cfg = run.recipe.train
+    run.accelerator.gradient_accumulation_steps = cfg.grad_accum_steps
+    if run.is_main_process:
+        per_step = f" x {cfg.grad_accum_steps} accumulated" if cfg.grad_accum_steps > 1 else ""
+        show_notes([f"train.batch_size auto: {cfg.batch_size}{per_step} (from {how})"])
+
+
+def plan_before_loading(run: Run, catalogue: Catalogue, ignore_plan: bool):
+    """The memory plan's one line, printed before the weights load; on CUDA a plan over the device's memory
+    stops the run here (unless `ignore_plan`). An estimate that cannot be made never stops a run."""
+    from adapt.plan import make_plan, parse_device
+
+    try:
+        plan = make_plan(run.recipe, catalogue, parse_device(run.accelerator.device.type), of_run=run)
+    except Exception as exc:  # noqa: BLE001 - the run itself may still work
+        if run.is_main_process:
+            show_notes([f"no memory plan ({type(exc).__name__}: {str(exc)[:200]})"])
+        return None
+    if run.is_main_process:
+        show_notes([plan.one_line()])
+    auto_batch = run.recipe.train.batch_size == "auto"  # the batch is chosen to fit
+    if plan.fits is False and plan.device_kind == "cuda" and not ignore_plan and not auto_batch:
+        advice = "; ".join(plan.advice())
+        raise AdaptError(
+            f"memory plan: this run needs about {plan.needed / 2**30:.1f} GiB, more than the "
+            f"{plan.capacity / 2**30:.1f} GiB of {plan.device}. To fit: {advice}. (`adapt plan` shows the "
+            "details; `adapt run --ignore-plan` runs anyway.)"
+        )
+    return plan
 
 
 def _write_summary(run: Run, directory: RunDirectory | None, summary: dict[str, Any]) -> None:
@@ -203,9 +256,10 @@ class TrainingLoop:
 
     def _loaders(self) -> tuple[DataLoader, LengthGroupedBatches]:
         run, cfg = self.run, self.run.recipe.train
-        run.encoded = self.hooks.encode(run=run, dataset=run.dataset).with_format(None)
+        if run.encoded is None:
+            encode(run, self.hooks)
         collate = self.hooks.make_collator(run=run)
-        train_lengths = [len(ids) for ids in run.encoded["train"]["input_ids"]]
+        train_lengths = token_lengths(run.encoded["train"])
         sampler = LengthGroupedBatches(
             train_lengths,
             cfg.batch_size,

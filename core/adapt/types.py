@@ -113,6 +113,10 @@ class Run:
     #: The checkpoint this run continues from (`adapt run --resume`), else None. Set before
     #: `adapt_on_train_start`, when `step`, `epoch` and `samples_seen` already hold the checkpoint's values.
     resumed_from: Path | None = None
+    #: True in `adapt plan` (and the estimate `adapt run` prints first): the model is built on the meta device
+    #: from its config (shapes, no weights, no memory) and methods are applied to it. Skip work that needs real
+    #: tensors or the device (a kernel probe, a feature cache); nothing is trained or saved.
+    planning: bool = False
 
     def table(self, plugin: str) -> Table:
         """The validated recipe table of `plugin` (its defaults when the recipe has none)."""

@@ -51,7 +51,7 @@ class CausalLMTable(Table):
 
 def prepare_tokenizer(tokenizer) -> None:
     """Padding needs a pad token; decoder tokenizers (GPT-2) often have none, and end-of-text serves."""
-    if tokenizer.pad_token_id is None:
+    if tokenizer is not None and tokenizer.pad_token_id is None:  # None: planning without the tokenizer
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
 
 
@@ -68,7 +68,7 @@ class CausalLM:
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
         from transformers import AutoModelForCausalLM
 
-        prepare_tokenizer(run.tokenizer)  # before anything encodes or pads: the model is always loaded first
+        prepare_tokenizer(run.tokenizer)  # before anything pads (predicting encodes after loading)
         config = model_config(run)
         if getattr(config, "is_decoder", None) is False:
             config.is_decoder = True  # an encoder architecture (BERT) then attends causally
@@ -80,7 +80,7 @@ class CausalLM:
             output_loading_info=True,
             **load_kwargs,
         )
-        if model.config.pad_token_id is None:
+        if model.config.pad_token_id is None and run.tokenizer is not None:
             model.config.pad_token_id = run.tokenizer.pad_token_id
         run.head_modules = fresh_modules(model, info.get("missing_keys", ()))
         run.task_type = "CAUSAL_LM"
@@ -89,6 +89,7 @@ class CausalLM:
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
         table: CausalLMTable = run.table(NAME)
+        prepare_tokenizer(run.tokenizer)
         if table.messages_column:
             require_columns(dataset, {"messages_column": table.messages_column})
         else:
@@ -115,6 +116,7 @@ class CausalLM:
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Greedy generation from each row's prompt (or conversation so far)."""
         table: CausalLMTable = run.table(NAME)
+        prepare_tokenizer(run.tokenizer)
         if table.messages_column:
             # a conversation ending with the assistant's answer (an eval file) is asked without that answer
             conversations = [

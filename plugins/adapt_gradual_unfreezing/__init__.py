@@ -66,7 +66,8 @@ class GradualUnfreezing:
     @hookimpl
     def adapt_transform_model(self, run: Run) -> None:
         self.groups = layer_groups(run)
-        self._set_trainable(run, 1)
+        # a memory plan wants the peak: the last stage, every group unfrozen (if the run gets that far)
+        self._set_trainable(run, len(self.groups) if run.planning else 1)
 
     def _set_trainable(self, run: Run, count: int) -> None:
         trainable = {n for group in self.groups[:count] for n in group}

@@ -81,8 +81,11 @@ class Int8:
         from transformers import BitsAndBytesConfig
 
         table: Int8Table = run.table(NAME)
-        check_backend(table.bits, run.accelerator.device, getattr(torch, table.compute_dtype))
-        keep = [*run.head_modules, *table.skip_modules]
+        if not run.planning:
+            check_backend(table.bits, run.accelerator.device, getattr(torch, table.compute_dtype))
+        # None (nothing of the head's to keep, as for a causal LM) lets transformers keep its defaults: the output
+        # layer (lm_head) stays in full precision; an empty list would quantise it.
+        keep = [*run.head_modules, *table.skip_modules] or None
         if table.bits == 8:
             config = BitsAndBytesConfig(
                 load_in_8bit=True, llm_int8_threshold=table.threshold, llm_int8_skip_modules=keep

@@ -76,6 +76,8 @@ class SequenceClassification:
         """Check the recipe's columns against the data, then read the label names (once per run)."""
         if not self.labels:
             table: SequenceClassificationTable = run.table(NAME)
+            if run.dataset is None and run.planning:  # planning without the data: the recipe's classes
+                return table.label_names or [str(i) for i in range(table.num_labels or 2)]
             check_columns(run.dataset, table)
             self.labels = label_names(run.dataset, table.label_column, table.num_labels, table.label_names)
         return self.labels

@@ -1,0 +1,424 @@
+"""`adapt plan`: the memory a recipe's training needs, estimated before any weight is downloaded or loaded.
+
+The model is built on the meta device from its config, the recipe's methods are applied to it, and one
+training forward pass runs on meta tensors of the run's largest batch (batch size x the longest example in
+the data, else `data.max_length`) to count what autograd keeps for the backward pass. Weights, gradients and
+optimizer state follow from the parameters; what to change when the total does not fit is worked out from
+the same counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import AdaptError, DataError
+from adapt.footprint import quantised_weight_bytes
+from adapt.recipe import Recipe
+
+GiB = 2**30
+MiB = 2**20
+
+# On a CPU the measured peak is the process's resident memory, not the live tensors: glibc's allocator keeps
+# the pages of the forward pass's freed temporaries in its heap (whether or not checkpointing frees the
+# activations early), and gradients and optimizer state, allocated after the first forward pass, mostly land
+# in those pages. Fitted on MiniLM-L6 / SST-2 in fp32 (LoRA and full, with and without checkpointing; Intel
+# Xeon with AMX, glibc 2.36): resident peak ~ weights + 1.45 x (activations without checkpointing) + 0.9 x
+# (activations as configured) + 0.35 x (gradients + optimizer state). It is a calibration, not a model of the
+# allocator: bf16 autocast on a CPU and 8-bit layers keep more (bench/plan_accuracy.py). On CUDA,
+# max_memory_allocated counts the live tensors: weights + gradients + state + activations as configured.
+CPU_FORWARD_FACTOR = 1.45
+CPU_KEPT_FACTOR = 0.9
+CPU_STATE_FACTOR = 0.35
+# The backward pass's working memory beyond the saved activations: the gradient of the largest saved tensor
+# and a buffer of the same size for the op that produces it.
+BACKWARD_LARGEST = 2
+# Memory a CUDA process uses outside torch's allocator (context, kernels, cuBLAS workspaces): not part of
+# max_memory_allocated, but it has to fit on the card.
+CUDA_CONTEXT_BYTES = int(0.75 * GiB)
+# Rows of the batch the plan measures when train.batch_size is "auto" (activations scale with the rows).
+PROBE_ROWS = 8
+
+
+@dataclass
+class Device:
+    kind: str  # "cpu" or "cuda"
+    capacity: int | None  # bytes the run may use, None when unknown
+    label: str
+
+
+def parse_device(spec: str | None) -> Device:
+    """`--device`: "cpu" (this machine's available memory), "cuda" (this machine's GPU), or a GPU size
+    ("24GiB", "80GB", "16000MiB"); None picks CUDA when there is one, else the CPU."""
+    import torch
+
+    if spec is None:
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return Device("cpu", available_cpu_memory(), "cpu")
+    if spec == "cuda":
+        if not torch.cuda.is_available():
+            raise AdaptError("--device cuda: no CUDA device here; give the GPU's memory instead, e.g. --device 24GiB")
+        props = torch.cuda.get_device_properties(0)
+        return Device("cuda", props.total_memory, f"{props.name} ({props.total_memory / GiB:.0f} GiB)")
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(GiB|GB|MiB|MB|TiB|TB)\s*", spec, flags=re.IGNORECASE)
+    if not match:
+        raise AdaptError(f"--device: expected cpu, cuda or a GPU's memory such as 24GiB or 80GB, got {spec!r}")
+    units = {"gib": GiB, "gb": 10**9, "mib": MiB, "mb": 10**6, "tib": 2**40, "tb": 10**12}
+    capacity = int(float(match.group(1)) * units[match.group(2).lower()])
+    return Device("cuda", capacity, f"a {capacity / GiB:.0f} GiB GPU")
+
+
+def available_cpu_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Plan:
+    """A recipe's training memory, per stage. All sizes in bytes."""
+
+    model: str
+    device: str
+    device_kind: str
+    capacity: int | None
+    batch_size: int
+    grad_accum_steps: int
+    length: int  # tokens in the run's longest batch
+    length_source: str
+    precision: str
+    gradient_checkpointing: bool
+    optimizer: str
+    params_total: int
+    params_trainable: int
+    weights: dict[str, int]  # by dtype / quantisation
+    gradients: int
+    optimizer_state: int
+    activations: int  # at batch_size, as configured
+    activations_without_checkpointing: int
+    activations_with_checkpointing: int
+    backward_working: int
+    overhead: int  # fixed memory beyond the counted tensors (none assumed; the CUDA context is added to `needed`)
+    notes: list[str] = field(default_factory=list)
+    # what the counts allow working out
+    float_linear_bytes: int = 0
+    float_linear_numel: int = 0
+    float_linear_rows: int = 0
+    optimizer_state_8bit: int = 0  # what adamw-8bit would keep for the same parameters
+
+    @property
+    def static(self) -> int:
+        return self._static(sum(self.weights.values()), self.gradients + self.optimizer_state)
+
+    def _static(self, weights: int, state: int) -> int:
+        """Memory that does not grow with the batch: weights, and gradients with optimizer state."""
+        return weights + int(state * (CPU_STATE_FACTOR if self.device_kind == "cpu" else 1))
+
+    def dynamic(self, batch: int | None = None, checkpointing: bool | None = None) -> int:
+        """Activations and backward working memory (with the CPU allocator's share) at `batch` rows."""
+        ckpt = self.gradient_checkpointing if checkpointing is None else checkpointing
+        acts = self.activations_with_checkpointing if ckpt else self.activations_without_checkpointing
+        scale = (batch or self.batch_size) / self.batch_size
+        per_batch = acts + self.backward_working
+        if self.device_kind == "cpu":
+            forward = self.activations_without_checkpointing + self.backward_working
+            per_batch = CPU_KEPT_FACTOR * per_batch + CPU_FORWARD_FACTOR * forward
+        return int(per_batch * scale)
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """The estimate that summary.json's `memory.measured_peak_bytes` is compared with."""
+        return self.static + self.dynamic() + self.overhead
+
+    @property
+    def needed(self) -> int:
+        """What must fit on the device: the peak plus, on CUDA, the context outside torch's allocator."""
+        return self.planned_peak_bytes + (CUDA_CONTEXT_BYTES if self.device_kind == "cuda" else 0)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.capacity is None else self.needed <= self.capacity
+
+    def largest_batch(self, checkpointing: bool | None = None, static: int | None = None) -> int:
+        """The largest micro-batch (at the longest length) that fits; 0 when not even one row does."""
+        if self.capacity is None:
+            return 0
+        context = CUDA_CONTEXT_BYTES if self.device_kind == "cuda" else 0
+        room = self.capacity - context - self.overhead - (self.static if static is None else static)
+        return max(0, room // max(self.dynamic(1, checkpointing), 1))
+
+    def advice(self) -> list[str]:
+        """What makes the run fit, cheapest change first; each line gives the total with it and those above."""
+        if self.fits is not False:
+            return []
+        context = CUDA_CONTEXT_BYTES if self.device_kind == "cuda" else 0
+        weights, optimizer, ckpt = sum(self.weights.values()), self.optimizer_state, self.gradient_checkpointing
+        tips: list[str] = []
+
+        def total() -> str:
+            static = self._static(weights, self.gradients + optimizer)
+            return _gib(static + self.dynamic(checkpointing=ckpt) + self.overhead + context)
+
+        if not ckpt:
+            ckpt = True
+            tips.append(f"train.gradient_checkpointing = true: {total()}")
+        if self.optimizer == "adamw" and self.optimizer_state_8bit < optimizer:
+            optimizer = self.optimizer_state_8bit
+            tips.append(f'train.optimizer = "adamw-8bit": {total()}')
+        if self.float_linear_numel and 2 * self.params_trainable < self.params_total:
+            weights -= self.float_linear_bytes - quantised_weight_bytes(
+                self.float_linear_numel, self.float_linear_rows, 4, True
+            )
+            tips.append(f"a 4-bit base ([methods.int8] bits = 4, under lora): {total()}")
+        batch = self.largest_batch(ckpt, self._static(weights, self.gradients + optimizer))
+        if 0 < batch < self.batch_size:
+            accum = math.ceil(self.batch_size * self.grad_accum_steps / batch)
+            tips.append(f"train.batch_size = {batch} with train.grad_accum_steps = {accum} (the same effective batch)")
+        elif batch == 0:
+            tips.append("not even one row fits with all of the above: choose a smaller model or a larger device")
+        return tips
+
+    def at_batch(self, batch: int) -> Plan:
+        """The same plan at `batch` rows per micro-batch (activations scale with the rows)."""
+        scale = batch / self.batch_size
+
+        def scaled(n: int) -> int:
+            return int(n * scale)
+
+        return replace(
+            self,
+            batch_size=batch,
+            activations=scaled(self.activations),
+            activations_without_checkpointing=scaled(self.activations_without_checkpointing),
+            activations_with_checkpointing=scaled(self.activations_with_checkpointing),
+            backward_working=scaled(self.backward_working),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("float_linear_bytes", "float_linear_numel", "float_linear_rows", "optimizer_state_8bit"):
+            data.pop(key)
+        data.update(
+            planned_peak_bytes=self.planned_peak_bytes,
+            needed_bytes=self.needed,
+            fits=self.fits,
+            largest_batch=self.largest_batch() if self.capacity is not None else None,
+            advice=self.advice(),
+        )
+        return data
+
+    def one_line(self) -> str:
+        verdict = {True: "fits", False: "does NOT fit", None: "capacity unknown"}[self.fits]
+        where = f" of {_gib(self.capacity)} on {self.device}" if self.capacity else ""
+        return (
+            f"plan: about {_gib(self.planned_peak_bytes)} at batch {self.batch_size} x {self.length} tokens "
+            f"({verdict}{where}); `adapt plan` for the details"
+        )
+
+
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+
+
+def make_plan(
+    recipe: Recipe,
+    catalogue,
+    device: Device | None = None,
+    config_path: str | None = None,
+    of_run: Any = None,
+) -> Plan:
+    """Plan `recipe` for `device` (this machine by default). `of_run`: the Run about to train (`adapt run`),
+    whose accelerator, tokenizer and loaded and encoded data the plan uses; without it the plan loads and
+    encodes the data itself where it is at hand."""
+    import torch
+
+    from adapt.build import encode, load_base_model, load_tokenizer, make_accelerator
+    from adapt.data import load_splits
+    from adapt.footprint import added_parameter_bytes, gradient_bytes, saved_activations, trainable, weight_bytes
+    from adapt.hooks import Hooks
+    from adapt.meta_models import models_on_meta
+    from adapt.modeling import count_parameters
+    from adapt.optimizers import state_bytes
+    from adapt.precision import resolve_precision
+    from adapt.types import Run
+
+    device = device or parse_device(None)
+    cfg = recipe.train
+    notes: list[str] = []
+    hooks = Hooks(catalogue.manager(recipe, infrastructure=False))  # the head and the methods, new instances
+    hooks.configure(recipe=recipe)
+    accelerator = of_run.accelerator if of_run is not None else make_accelerator(recipe)
+    run = Run(recipe=recipe, accelerator=accelerator, output_dir=Path(recipe.output.dir), planning=True)
+    if of_run is not None:
+        run.tokenizer, run.dataset, run.encoded = of_run.tokenizer, of_run.dataset, of_run.encoded
+    elif config_path is not None:  # the model's files are not at hand, so neither is its tokenizer
+        notes.append("--model-config: no tokenizer, so every example is counted at data.max_length")
+    else:
+        _encode_where_at_hand(run, hooks, notes, load_tokenizer, load_splits, encode)
+
+    with models_on_meta(config_path):
+        load_base_model(run, hooks)
+        base = run.model
+        base_ids = {id(p) for p in base.parameters()}
+        quantization = getattr(base, "adapt_quantization_config", None)
+        weights = weight_bytes(base, quantization, skip=list(run.head_modules))
+        for method in recipe.methods:
+            hooks.transform_model(run=run, plugin=method)
+    model = run.model
+    added = added_parameter_bytes(model, base_ids)
+    if added:
+        weights.by_kind["added by methods"] = added
+    params = trainable(model)
+    opt_bytes = state_bytes(cfg.optimizer, cfg.optimizer_options, params)
+    n_trainable, n_total = count_parameters(model)
+
+    rows = cfg.batch_size if isinstance(cfg.batch_size, int) else PROBE_ROWS
+    batch, length, source = _largest_batch(run, hooks, notes, rows)
+    precision, _ = resolve_precision(cfg.precision, device.kind)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model.train()
+
+    def forward() -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "attention_mask"}  # the mask's checks need real values
+        outputs = model(**inputs)
+        loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
+        terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
+        return loss + sum(terms.values()) if terms else loss
+
+    acts = saved_activations(model, forward, autocast, device.kind)
+    overhead = 0
+    return Plan(
+        model=recipe.model.name,
+        device=device.label,
+        device_kind=device.kind,
+        capacity=device.capacity,
+        batch_size=rows,
+        grad_accum_steps=cfg.grad_accum_steps,
+        length=length,
+        length_source=source,
+        precision=precision,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        optimizer=cfg.optimizer,
+        params_total=n_total,
+        params_trainable=n_trainable,
+        weights=weights.by_kind,
+        gradients=gradient_bytes(model),
+        optimizer_state=opt_bytes if opt_bytes is not None else 2 * gradient_bytes(model),
+        activations=acts.bytes(cfg.gradient_checkpointing),
+        activations_without_checkpointing=acts.full,
+        activations_with_checkpointing=acts.checkpointed,
+        backward_working=BACKWARD_LARGEST * acts.largest,
+        overhead=overhead,
+        notes=notes
+        + ([] if opt_bytes is not None else [f"optimizer '{cfg.optimizer}' is a plugin's: state assumed as AdamW's"]),
+        float_linear_bytes=weights.float_linear_bytes,
+        float_linear_numel=weights.float_linear_numel,
+        float_linear_rows=weights.float_linear_rows,
+        optimizer_state_8bit=state_bytes("adamw-8bit", {}, params) or 0,
+    )
+
+
+def _encode_where_at_hand(run, hooks, notes: list[str], load_tokenizer, load_splits, encode) -> None:
+    """The recipe's encoded data, when its tokenizer and data can be loaded here; else a note."""
+    recipe = run.recipe
+    try:
+        run.tokenizer = load_tokenizer(recipe)
+        run.dataset = load_splits(recipe.data, seed=recipe.train.seed, train=True)
+        encode(run, hooks)
+    except (DataError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        notes.append(f"data not at hand ({first[:160]}): every example counted at data.max_length")
+        run.encoded = None
+
+
+def _largest_batch(run, hooks, notes: list[str], rows: int):
+    """A meta batch of the run's largest micro-batch of `rows` rows: the longest training examples collated,
+    else rows of `data.max_length` tokens."""
+    import torch
+
+    from adapt.build import token_lengths
+
+    max_length = run.recipe.data.max_length
+    if run.encoded is not None and len(run.encoded["train"]) > 0:
+        train = run.encoded["train"]
+        lengths = token_lengths(train)
+        longest = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)[:rows]
+        examples = [train[i] for i in longest]
+        examples = (examples * rows)[:rows]
+        batch = hooks.make_collator(run=run)(examples)
+        length = int(batch["input_ids"].shape[-1])
+        source = f"the longest of {len(lengths):,} training examples"
+    else:
+        length = max_length
+        ids = torch.zeros(rows, length, dtype=torch.long)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **_labels(run, ids)}
+        source = "data.max_length"
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return meta, length, source
+
+
+def _labels(run, ids) -> dict[str, Any]:
+    """Labels for a batch made up without data, by the head's task type."""
+    import torch
+
+    rows, length = ids.shape
+    if run.task_type == "CAUSAL_LM":
+        return {"labels": ids.clone()}
+    if run.task_type == "TOKEN_CLS":
+        return {"labels": torch.zeros(rows, length, dtype=torch.long)}
+    config = getattr(run.model, "config", None)
+    if getattr(config, "problem_type", None) in ("multi_label_classification", "regression"):
+        return {"labels": torch.zeros(rows, getattr(config, "num_labels", 1))}
+    return {"labels": torch.zeros(rows, dtype=torch.long)}
+
+
+def render_plan(plan: Plan, console) -> None:
+    """The plan as a table, stage by stage, then the verdict, the largest batch and the advice."""
+    from rich.table import Table
+
+    table = Table(title=f"training memory of {plan.model}", title_justify="left")
+    table.add_column("stage")
+    table.add_column("size", justify="right")
+    table.add_column("what", style="dim")
+    table.add_row("parameters", f"{plan.params_total:,}", f"{plan.params_trainable:,} trainable")
+    for kind, size in plan.weights.items():
+        table.add_row(f"weights ({kind})", _gib(size), "")
+    table.add_row("gradients", _gib(plan.gradients), "the trainable parameters' dtype")
+    table.add_row("optimizer state", _gib(plan.optimizer_state), plan.optimizer)
+    tokens = f"batch {plan.batch_size} x {plan.length} tokens ({plan.length_source})"
+    for ckpt, size in ((False, plan.activations_without_checkpointing), (True, plan.activations_with_checkpointing)):
+        chosen = "  <- as configured" if ckpt == plan.gradient_checkpointing else ""
+        label = "activations, checkpointed" if ckpt else "activations"
+        table.add_row(label, _gib(size), f"{tokens}{chosen}" if not ckpt else chosen.strip())
+    table.add_row("backward working memory", _gib(plan.backward_working), "the largest saved tensor's gradient x2")
+    if plan.device_kind == "cpu":
+        live = sum(plan.weights.values()) + plan.gradients + plan.optimizer_state + plan.activations
+        extra = plan.planned_peak_bytes - live - plan.backward_working
+        table.add_row("CPU allocator", _gib(extra), "resident memory above the live tensors (fitted)")
+    table.add_row("[bold]planned peak[/bold]", f"[bold]{_gib(plan.planned_peak_bytes)}[/bold]", plan.precision)
+    if plan.device_kind == "cuda":
+        table.add_row("CUDA context", _gib(CUDA_CONTEXT_BYTES), "outside torch's allocator")
+    console.print(table)
+    if plan.capacity is None:
+        console.print(f"{plan.device}: capacity unknown")
+    else:
+        verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+        console.print(f"{verdict}: {_gib(plan.needed)} of {_gib(plan.capacity)} ({plan.device})")
+        console.print(
+            f"largest batch that fits: {plan.largest_batch()} x {plan.length} tokens "
+            f"(checkpointing {'on' if plan.gradient_checkpointing else 'off'})"
+        )
+    for tip in plan.advice():
+        console.print(f"  to fit: {tip}")
+    for note in plan.notes:
+        console.print(f"[dim]note: {note}[/dim]")
