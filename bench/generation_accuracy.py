@@ -29,7 +29,8 @@ def main() -> None:
     column = recipe.table(recipe.head).response_column
     expected = preprocess(load_file(args.file, "file"), recipe.data.preprocess)[column]
     start = time.perf_counter()
-    predictions = predict_run(args.run_dir, [], args.file, catalogue)
+    # the run is one this benchmark's user trained: its data.preprocess is their own code
+    predictions = predict_run(args.run_dir, [], args.file, catalogue, trust_preprocess=True)
     seconds = time.perf_counter() - start
     generated = [p["generated"] for p in predictions]
     hits = sum(g.strip().lower() == e.strip().lower() for g, e in zip(generated, expected, strict=True))

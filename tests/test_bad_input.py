@@ -176,3 +176,145 @@ def test_two_distributions_claiming_one_name(install_fixture, adapt_cli):
     assert "registers the plugin name 'lora', which is adapt's built-in" in broken["lora (from adapt-clash 0.0.1)"]
     assert "hello" not in plugins  # between two third-party packages, neither is chosen
     assert "adapt-hello 1.2.3" in broken["hello"] and "adapt-clash 0.0.1" in broken["hello"]
+
+
+def test_a_run_directory_runs_its_preprocess_code_only_when_trusted(tiny_recipe, tmp_path, capsys):
+    """A copied run directory brings its author's data.preprocess: eval, predict and export refuse to run it
+    (exit 2, nothing executed) until --trust-preprocess says so."""
+    ran = tmp_path / "preprocess-ran"
+    tasks = tmp_path / "tasks.py"
+    tasks.write_text(
+        "from pathlib import Path\n"
+        f"Path({str(ran)!r}).touch()  # importing it runs it\n"
+        "def keep(row):\n    return {'sentence': row.get('sentence', row.get('text'))}\n"
+    )
+    recipe = tiny_recipe(data={"preprocess": f"{tasks}:keep"}, train={"epochs": 1})
+    assert main(["run", str(recipe)]) == 0
+    ran.unlink()
+    run_dir = str(tmp_path / "run")
+    commands = {
+        "eval": ["eval", run_dir],
+        "predict": ["predict", run_dir, "w1 good w2"],
+        "export": ["export", run_dir, str(tmp_path / "export")],
+    }
+    for args in commands.values():
+        capsys.readouterr()
+        assert main(args) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"data.preprocess = '{tasks}:keep'" in err and "--trust-preprocess" in err
+        assert not ran.exists()  # refused before importing the file
+    assert main([*commands["eval"], "--trust-preprocess"]) == 0 and ran.exists()
+    assert main([*commands["predict"], "--trust-preprocess"]) == 0
+
+
+# --- data that would silently change the task --------------------------------------------------------------
+
+
+def _tsv(path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["ids", "names"])
+def test_a_label_only_in_the_eval_file_is_refused_naming_it(kind, tiny_recipe, toy, tmp_path, capsys):
+    labels = {0: "neg", 1: "pos", 2: "meh"} if kind == "names" else {0: 0, 1: 1, 2: 2}
+    train = _tsv(tmp_path / "train.tsv", [(t, labels[y]) for t, y in toy.rows(64, seed=1)])
+    rows = [(t, labels[y]) for t, y in toy.rows(16, seed=2)]
+    evaluation = _tsv(tmp_path / "dev.tsv", [*rows[:5], ("w1 w2 odd", labels[2]), *rows[5:]])
+    recipe = tiny_recipe(data={"train_file": str(train), "eval_file": str(evaluation)}, train={"epochs": 1})
+    assert main(["run", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"'{labels[2]}'" in err and "eval" in err and "row 6" in err and "training data" in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_eval_on_a_file_with_a_label_the_run_never_saw_is_one_message(tiny_recipe, toy, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe(train={"epochs": 1}))]) == 0
+    other = _tsv(tmp_path / "other.tsv", [("w1 good w2", 1), ("w3 awful", 7)])
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(other)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'7'" in err and "row 2" in err and "0, 1" in err
+
+
+def test_tokens_and_tags_of_different_lengths_are_refused_naming_the_row(tiny_recipe, toy_ner, tmp_path, capsys):
+    lines = toy_ner["train"].read_text().splitlines()
+    row = json.loads(lines[3])
+    lines[3] = json.dumps({"tokens": row["tokens"], "ner_tags": row["ner_tags"][:-1]})
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    recipe = tiny_recipe(
+        data={"train_file": str(train), "eval_file": str(toy_ner["eval"])},
+        task={"head": "token-classification", "tokens_column": "tokens", "tags_column": "ner_tags"},
+        train={"epochs": 1},
+    )
+    assert main(["run", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "row 4" in err and "train" in err and f"{len(row['tokens'])} tokens" in err
+    assert f"{len(row['ner_tags']) - 1} tags" in err
+
+
+def test_a_column_of_mixed_types_is_one_message_naming_the_file(tiny_recipe, toy_data, tmp_path, capsys):
+    mixed = tmp_path / "train.jsonl"
+    mixed.write_text('{"sentence": "w1 good", "label": 1}\n{"sentence": "w2 awful", "label": "negative"}\n')
+    recipe = tiny_recipe(data={"train_file": str(mixed), "eval_file": str(toy_data["eval"])})
+    assert main(["run", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "data.train_file" in err and str(mixed) in err
+
+
+@pytest.mark.parametrize("content", ["", "sentence\tlabel\n"], ids=["empty", "header-only"])
+def test_an_empty_data_file_is_one_message(content, tiny_recipe, toy_data, tmp_path, capsys):
+    empty = tmp_path / "train.tsv"
+    empty.write_text(content)
+    assert main(["run", str(tiny_recipe(data={"train_file": str(empty), "eval_file": str(toy_data["eval"])}))]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "data.train_file" in err and "no rows" in err
+
+
+def test_a_run_whose_method_plugin_is_gone_names_the_distribution_to_install(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe(train={"epochs": 1}))]) == 0
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["plugins"]["lora"]["kind"] == "method"
+    # as if the run had been trained with a method from a package that is not installed here
+    summary["plugins"]["bias-only"] = {"kind": "method", "distribution": "adapt-bias", "version": "0.3.1"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    recipe = (run_dir / "recipe.toml").read_text()
+    (run_dir / "recipe.toml").write_text(recipe.replace("[methods.lora]", "[methods.bias-only]\n\n[methods.lora]"))
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'bias-only' (method) from adapt-bias 0.3.1: pip install 'adapt-bias==0.3.1'" in err
+
+
+def test_too_little_free_space_for_checkpoints_and_artifacts_stops_before_loading(
+    tiny_recipe, tmp_path, monkeypatch, capsys
+):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))  # 1 MiB free
+    assert main(["run", str(tiny_recipe(train={"epochs": 1}))]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "output.dir: 1 MiB free" in err and "train.keep_checkpoints" in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_read_only_output_folder_is_one_message_before_anything_loads(tiny_recipe, tmp_path, monkeypatch, capsys):
+    """Simulated (the tests run as root, whom a read-only folder does not stop): the folder cannot be created."""
+    import errno
+    from pathlib import Path
+
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == tmp_path / "run":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main(["run", str(tiny_recipe(train={"epochs": 1}))]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"output.dir: cannot write the run into '{tmp_path / 'run'}' (Permission denied" in err

@@ -111,5 +111,5 @@ def test_class_weighted_loss_and_balanced_weights():
 )
 def test_label_options_that_do_not_fit_the_data_are_named(tiny_recipe, adapt_cli, task, message):
     result = adapt_cli("run", str(tiny_recipe(task=task)))
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input: the data and the recipe disagree
     assert message in " ".join(result.stderr.split()), result.stderr[-1500:]

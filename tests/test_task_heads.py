@@ -92,7 +92,7 @@ def test_regression_names_a_column_that_is_not_numeric(tiny_recipe, regression_d
         methods={"full": {}},
     )
     result = adapt_cli("run", str(recipe))
-    assert result.returncode == 1 and "task.target_columns: column 'text' holds string, not numbers" in result.stderr
+    assert result.returncode == 2 and "task.target_columns: column 'text' holds string, not numbers" in result.stderr
 
 
 # --- multi-label ------------------------------------------------------------------------------------------

@@ -91,16 +91,19 @@ def _parser() -> argparse.ArgumentParser:
         "data.eval_file=test.tsv",
     )
     p.add_argument("--data", metavar="FILE", help="evaluate on this file (same columns as the recipe's data)")
+    _trust_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     run_dir = ("run_dir", "a run directory written by `adapt run`", "data.max_length=128")
     p = command("predict", "predict with a finished run: labels with scores, tags per word, generated text", *run_dir)
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to predict for")
+    _trust_option(p)
     p.add_argument(
         "--file", help="a .jsonl/.csv/.tsv/.parquet file with the columns of the recipe's data (preprocessed alike)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = command("export", "write a finished run as a Hugging Face model folder", *run_dir)
     p.add_argument("out", metavar="OUT", help="the folder to create")
+    _trust_option(p)
     p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights (a plain transformers model)")
     p.add_argument(
         "--atol",
@@ -118,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _trust_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-preprocess",
+        action="store_true",
+        help="run the data.preprocess code that the run's recipe names (a run directory runs no code unasked)",
+    )
 
 
 def _positive(kind: type) -> Callable[[str], float]:
@@ -226,7 +237,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from adapt.manager import Catalogue
 
     _quiet_libraries()
-    metrics = evaluate_run(Path(args.run_dir), Catalogue.discover(), args.overrides, data_file=args.data)
+    metrics = evaluate_run(
+        Path(args.run_dir),
+        Catalogue.discover(),
+        args.overrides,
+        data_file=args.data,
+        trust_preprocess=args.trust_preprocess,
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -246,7 +263,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from adapt.prediction import predict_run
 
     _quiet_libraries()
-    predictions = predict_run(Path(args.run_dir), args.texts, args.file, Catalogue.discover(), args.overrides)
+    predictions = predict_run(
+        Path(args.run_dir),
+        args.texts,
+        args.file,
+        Catalogue.discover(),
+        args.overrides,
+        trust_preprocess=args.trust_preprocess,
+    )
     for prediction in predictions:
         if args.json:
             print(json.dumps(prediction, ensure_ascii=False))
@@ -292,6 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         atol=args.atol,
         overrides=args.overrides,
         check_examples=args.check_examples,
+        trust_preprocess=args.trust_preprocess,
     )
     stdout.print(f"exported {args.run_dir} to {args.out} ({'merged' if args.merge else 'not merged'})")
     if "check" in record:

@@ -191,10 +191,32 @@ def _load_file(path: str | None, key: str) -> Any:
 
     assert path is not None
     builder, options = FILE_BUILDERS[Path(path).suffix.lower()]
+    no_rows = DataError(f"{key}: '{path}' has no rows")
+    if _without_rows(Path(path), builder):
+        raise no_rows
     try:
-        return load_dataset(builder, data_files=str(path), split="train", **options)
+        dataset = load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as exc:  # noqa: BLE001 - parse errors come in many types; name the file
         raise DataError(f"{key}: cannot read '{path}' as {builder}: {type(exc).__name__}: {exc}") from None
+    if len(dataset) == 0:
+        raise no_rows
+    for column, feature in dataset.features.items():
+        if type(feature).__name__ == "Json":  # datasets' fallback for a column whose rows disagree on the type
+            raise DataError(
+                f"{key}: column '{column}' of '{path}' mixes value types (numbers and text, say); give it one "
+                "type in every row"
+            )
+    return dataset
+
+
+def _without_rows(path: Path, builder: str) -> bool:
+    """An empty file, or a CSV/TSV with nothing under its header (datasets' own errors say neither)."""
+    try:
+        with path.open("rb") as handle:
+            head = [line for line in (handle.readline() for _ in range(3)) if line.strip()]
+    except OSError:
+        return False  # datasets will name what is wrong with it
+    return not head or (builder == "csv" and len(head) == 1)
 
 
 def require_columns(dataset: Any, columns: dict[str, str], section: str = "task") -> None:

@@ -64,7 +64,11 @@ class Evaluator:
 
 
 def evaluate_run(
-    run_dir: Path, catalogue: Catalogue, overrides: Sequence[str] = (), data_file: str | None = None
+    run_dir: Path,
+    catalogue: Catalogue,
+    overrides: Sequence[str] = (),
+    data_file: str | None = None,
+    trust_preprocess: bool = False,
 ) -> dict[str, float]:
     """The head's metrics for a finished run on its recipe's eval split, or on `data_file` (a local file
     with the same columns, passed through the recipe's `data.preprocess`)."""
@@ -73,7 +77,8 @@ def evaluate_run(
     from adapt.data import load_file, preprocess
     from adapt.restore import open_run
 
-    run, hooks = open_run(run_dir, catalogue, overrides, splits=None if data_file else "eval")
+    splits = None if data_file else "eval"
+    run, hooks = open_run(run_dir, catalogue, overrides, splits=splits, trust_preprocess=trust_preprocess)
     if data_file:
         run.dataset = preprocess(DatasetDict(eval=load_file(data_file, "--data")), run.recipe.data.preprocess)
     run.encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)

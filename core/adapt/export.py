@@ -40,6 +40,7 @@ def export_run(
     atol: float | None = None,
     overrides: Sequence[str] = (),
     check_examples: int = CHECK_EXAMPLES,
+    trust_preprocess: bool = False,
 ) -> dict[str, Any]:
     """Write the run in `run_dir` to `out` (atomically); returns what `adapt_export.json` records.
 
@@ -47,7 +48,8 @@ def export_run(
     (1e-3, or what a method raised it to)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdaptError(f"OUT: '{out}' already exists and is not an empty folder; choose a new folder")
-    run, hooks = open_run(run_dir, catalogue, overrides, splits="eval" if merge else None)
+    splits = "eval" if merge else None
+    run, hooks = open_run(run_dir, catalogue, overrides, splits=splits, trust_preprocess=trust_preprocess)
     features, collate, reference = _reference(run, hooks, check_examples) if merge else (None, None, None)
     for method in run.recipe.methods:
         hooks.export_model(run=run, merge=merge, plugin=method)

@@ -106,7 +106,6 @@ class Plan:
     activations_without_checkpointing: int
     activations_with_checkpointing: int
     backward_working: int
-    overhead: int  # fixed memory beyond the counted tensors (none assumed; the CUDA context is added to `needed`)
     notes: list[str] = field(default_factory=list)
     # what the counts allow working out
     float_linear_bytes: int = 0
@@ -136,7 +135,7 @@ class Plan:
     @property
     def planned_peak_bytes(self) -> int:
         """The estimate that summary.json's `memory.measured_peak_bytes` is compared with."""
-        return self.static + self.dynamic() + self.overhead
+        return self.static + self.dynamic()
 
     @property
     def needed(self) -> int:
@@ -152,7 +151,7 @@ class Plan:
         if self.capacity is None:
             return 0
         context = CUDA_CONTEXT_BYTES if self.device_kind == "cuda" else 0
-        room = self.capacity - context - self.overhead - (self.static if static is None else static)
+        room = self.capacity - context - (self.static if static is None else static)
         return max(0, room // max(self.dynamic(1, checkpointing), 1))
 
     def advice(self) -> list[str]:
@@ -165,7 +164,7 @@ class Plan:
 
         def total() -> str:
             static = self._static(weights, self.gradients + optimizer)
-            return _gib(static + self.dynamic(checkpointing=ckpt) + self.overhead + context)
+            return _gib(static + self.dynamic(checkpointing=ckpt) + context)
 
         if not ckpt:
             ckpt = True
@@ -296,7 +295,6 @@ def make_plan(
         return loss + sum(terms.values()) if terms else loss
 
     acts = saved_activations(model, forward, autocast, device.kind)
-    overhead = 0
     return Plan(
         model=recipe.model.name,
         device=device.label,
@@ -318,7 +316,6 @@ def make_plan(
         activations_without_checkpointing=acts.full,
         activations_with_checkpointing=acts.checkpointed,
         backward_working=BACKWARD_LARGEST * acts.largest,
-        overhead=overhead,
         notes=notes
         + ([] if opt_bytes is not None else [f"optimizer '{cfg.optimizer}' is a plugin's: state assumed as AdamW's"]),
         float_linear_bytes=weights.float_linear_bytes,

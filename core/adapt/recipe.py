@@ -9,6 +9,8 @@ declares in `adapt_plugin_info`.
 from __future__ import annotations
 
 import difflib
+import json
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -131,6 +133,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], problems: lis
             node[parts[-1]] = parse_value(value.strip())
 
 
+def toml_key(part: object) -> str:
+    """A key as TOML writes it in a dotted path: bare when it can be, else quoted (`data.":"`)."""
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else json.dumps(text, ensure_ascii=False)
+
+
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
@@ -163,7 +171,7 @@ def _merge_union_errors(errors: list[dict]) -> list[dict]:
 def _validation_problems(where: str, model: type[Table], exc: ValidationError) -> list[str]:
     out = []
     for err in _merge_union_errors(exc.errors()):
-        loc = ".".join([where, *(str(p) for p in err["loc"])])
+        loc = ".".join([where, *(toml_key(p) for p in err["loc"])])
         kind = err["type"]
         if kind == "extra_forbidden":
             key = str(err["loc"][-1])
@@ -259,7 +267,7 @@ def validate(
     for key in raw:
         if key not in TOP_LEVEL:
             valid = f"valid tables: {', '.join(TOP_LEVEL)}"
-            problems.append(f"[{key}]: " + _clauses("unknown table", _suggest(key, TOP_LEVEL), valid))
+            problems.append(f"[{toml_key(key)}]: " + _clauses("unknown table", _suggest(key, TOP_LEVEL), valid))
 
     core = {}
     for name, model in CORE_SECTIONS.items():
@@ -293,7 +301,7 @@ def validate(
             f"[methods]: name at least one method table, e.g. [methods.lora]; installed: {', '.join(known)}"
         )
     for name, value in raw_methods.items():
-        problem = _plugin_name_problem(f"methods.{name}", name, "method", plugins, broken)
+        problem = _plugin_name_problem(f"methods.{toml_key(name)}", name, "method", plugins, broken)
         if problem:
             problems.append(problem)
             continue
@@ -334,7 +342,7 @@ def validate(
     for name in extra or {}:
         if name not in infra:
             problems.append(
-                f"plugins.{name}: "
+                f"plugins.{toml_key(name)}: "
                 + _clauses(f"no infrastructure plugin named '{name}'", _suggest(name, sorted(infra)))
             )
     for name in sorted(infra - set(disabled)):

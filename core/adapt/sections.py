@@ -5,15 +5,25 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from adapt.optimizers import options_problem
 from adapt.types import Table
 
 
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("contains a NUL character, which no file name or hub id can hold")
+    return value
+
+
+#: A file, folder or hub name: any text but NUL (which the operating system refuses in a path).
+PathText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class ModelSection(Table):
     #: A hub id ("sentence-transformers/all-MiniLM-L6-v2") or a local folder.
-    name: str = Field(min_length=1)
+    name: PathText = Field(min_length=1)
     revision: str | None = None
     #: Weights' dtype when loading; "auto" keeps the checkpoint's.
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -23,14 +33,14 @@ class ModelSection(Table):
 
 class DataSection(Table):
     #: A hub dataset id or a local folder that `datasets.load_dataset` understands ...
-    dataset: str | None = None
+    dataset: PathText | None = None
     config: str | None = None
     revision: str | None = None
     train_split: str = "train"
     eval_split: str = "validation"
     #: ... or local files (.tsv, .csv, .jsonl, .json, .parquet), relative to the working directory.
-    train_file: str | None = None
-    eval_file: str | None = None
+    train_file: PathText | None = None
+    eval_file: PathText | None = None
     #: Keep a random subset of the training split (seeded by train.seed) / the first N eval rows.
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
@@ -38,7 +48,7 @@ class DataSection(Table):
     max_length: int = Field(default=256, ge=8)
     #: "FILE.py:FUNCTION" (FILE relative to the working directory): called on every raw row, before the
     #: head encodes it, returning a dict of columns to add or replace (derive a label, build a prompt).
-    preprocess: str | None = None
+    preprocess: PathText | None = None
 
     @field_validator("preprocess")
     @classmethod
@@ -133,7 +143,7 @@ class TrainSection(Table):
 
 
 class OutputSection(Table):
-    dir: str = Field(min_length=1)
+    dir: PathText = Field(min_length=1)
     #: Replace an earlier run in `dir`: it is moved aside and deleted once the new run has finished. Without
     #: it, a `dir` holding a run is an error (or resumed with `adapt run --resume`).
     overwrite: bool = False

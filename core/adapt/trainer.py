@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -120,6 +121,7 @@ def _train(
     run, hooks = start_run(recipe, catalogue)
     encode(run, hooks)
     plan = plan_before_loading(run, catalogue, ignore_plan)
+    check_free_space(run, plan)
     auto_batch = recipe.train.batch_size == "auto"
     if auto_batch and run.accelerator.device.type != "cuda":
         choose_batch(run, start_size(plan, recipe), "the memory plan")
@@ -147,6 +149,27 @@ def _train(
         raise
     hooks.on_train_end(run=run, summary=summary)
     return summary
+
+
+def check_free_space(run: Run, plan) -> None:
+    """Before any weight loads: the output folder's file system must hold the checkpoints (keep_checkpoints,
+    plus the one written before the oldest goes) and the artifacts, as the memory plan sizes them."""
+    if plan is None or not run.is_main_process:
+        return
+    cfg = run.recipe.train
+    checkpoint = plan.gradients + plan.optimizer_state  # the trained weights (as many bytes as their gradients)
+    need = (cfg.keep_checkpoints + 1 if cfg.keep_checkpoints else 0) * checkpoint + plan.gradients + 16 * 2**20
+    folder = run.output_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise RunDirectoryError(
+            f"output.dir: {free / 2**20:,.0f} MiB free on the file system holding '{run.output_dir}', but this run "
+            f"writes about {need / 2**20:,.0f} MiB ({cfg.keep_checkpoints} checkpoints of ~{checkpoint / 2**20:,.0f} "
+            "MiB, one more while the next is written, and the artifacts); free some space, lower "
+            "train.keep_checkpoints, or choose another output.dir"
+        )
 
 
 def choose_batch(run: Run, batch: int, how: str) -> None:

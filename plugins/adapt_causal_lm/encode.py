@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapt import AdaptError
+from adapt import DataError
 
 IGNORED = -100
 
@@ -15,7 +15,7 @@ def special_ids(tokenizer) -> tuple[int | None, int]:
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if eos is None:
-        raise AdaptError("model.name: the tokenizer has no end-of-text token (eos or sep), so responses cannot end")
+        raise DataError("model.name: the tokenizer has no end-of-text token (eos or sep), so responses cannot end")
     return bos, eos
 
 
@@ -33,18 +33,18 @@ def _chat_ids(tokenizer, messages: list[dict[str, str]], **kwargs: Any) -> list[
 def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The conversation so far, rendered by the chat template, ending where the assistant's turn begins."""
     if tokenizer.chat_template is None:
-        raise AdaptError("task.messages_column: the tokenizer has no chat template; use prompt and response columns")
+        raise DataError("task.messages_column: the tokenizer has no chat template; use prompt and response columns")
     return _chat_ids(tokenizer, messages, add_generation_prompt=True)
 
 
 def chat_example(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) of a conversation whose last message, the assistant's, is learnt."""
     if not messages or messages[-1].get("role") != "assistant":
-        raise AdaptError("task.messages_column: each conversation must end with an assistant message to learn")
+        raise DataError("task.messages_column: each conversation must end with an assistant message to learn")
     prompt = chat_prompt_ids(tokenizer, messages[:-1])
     full = _chat_ids(tokenizer, messages)
     if full[: len(prompt)] != prompt:
-        raise AdaptError(
+        raise DataError(
             "task.messages_column: the chat template renders the conversation without its last message differently "
             "from the start of the whole conversation, so the prompt tokens cannot be masked"
         )

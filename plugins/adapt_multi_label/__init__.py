@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from adapt import (
-    AdaptError,
+    DataError,
     PluginInfo,
     Run,
     TextInputs,
@@ -58,11 +58,11 @@ def label_names(dataset, table: MultiLabelTable) -> list[str]:
     feature = getattr(first_split(dataset).features[table.label_column], "feature", None)
     if getattr(feature, "names", None):
         return list(feature.names)
-    values: set = set()
-    for split in dataset.values():
+    values: set = set()  # the training data's labels: one only in the eval data is an error when encoding
+    for split in [dataset["train"]] if "train" in dataset else dataset.values():
         for row in split[table.label_column]:
             if not isinstance(row, list):
-                raise AdaptError(f"task.label_column: column '{table.label_column}' must hold a list of labels per row")
+                raise DataError(f"task.label_column: column '{table.label_column}' must hold a list of labels per row")
             values.update(row)
     if all(isinstance(v, str) for v in values):
         return table.label_names or sorted(values)
@@ -70,9 +70,9 @@ def label_names(dataset, table: MultiLabelTable) -> list[str]:
         count = max(values, default=-1) + 1
         names = table.label_names or [str(i) for i in range(count)]
         if len(names) < count:
-            raise AdaptError(f"task.label_names: {len(names)} names given, but the data holds ids up to {count - 1}")
+            raise DataError(f"task.label_names: {len(names)} names given, but the data holds ids up to {count - 1}")
         return names
-    raise AdaptError(f"task.label_column: column '{table.label_column}' must hold lists of names or of integer ids")
+    raise DataError(f"task.label_column: column '{table.label_column}' must hold lists of names or of integer ids")
 
 
 def holds_ids(dataset, column: str) -> bool:
@@ -92,7 +92,10 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, column, co
         hot = [0.0] * size
         for value in row:
             if value not in index:
-                raise AdaptError(f"task.label_column: label {value!r} is not one of the run's labels")
+                raise DataError(
+                    f"task.label_column: label {value!r} is not one of the run's labels (those of the training "
+                    f"data): {', '.join(map(str, index))}"
+                )
             hot[index[value]] = 1.0
         features["labels"].append(hot)
     return features

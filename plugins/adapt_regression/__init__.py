@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from adapt import (
-    AdaptError,
+    DataError,
     PluginInfo,
     Run,
     TextInputs,
@@ -49,7 +49,7 @@ def check_numeric(dataset, targets: list[str]) -> None:
     for column in targets:
         dtype = first_split(dataset).features[column].dtype
         if not (dtype.startswith(("float", "int", "uint")) or dtype == "bool"):
-            raise AdaptError(f"task.target_columns: column '{column}' holds {dtype}, not numbers")
+            raise DataError(f"task.target_columns: column '{column}' holds {dtype}, not numbers")
 
 
 class Regression:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from adapt import (
-    AdaptError,
+    DataError,
     PluginInfo,
     Run,
     TextInputs,
@@ -25,7 +25,7 @@ from adapt import (
     task_head_modules,
     tokenize_texts,
 )
-from adapt_sequence_classification.labels import class_weights, label_names, label_to_id
+from adapt_sequence_classification.labels import check_known_labels, class_weights, label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
 NAME = "sequence-classification"
@@ -49,7 +49,7 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, map
 
 def _label_id(mapping: dict[str, int], value: str) -> int:
     if value not in mapping:
-        raise AdaptError(f"task.label_column: label {value!r} is not one of the run's labels ({', '.join(mapping)})")
+        raise DataError(f"task.label_column: label {value!r} is not one of the run's labels ({', '.join(mapping)})")
     return mapping[value]
 
 
@@ -87,6 +87,8 @@ class SequenceClassification:
         table: SequenceClassificationTable = run.table(NAME)
         check_columns(dataset, table)
         labels = self._resolve_labels(run)
+        mapping = label_to_id(first_split(dataset), table.label_column, labels)
+        check_known_labels(dataset, table.label_column, labels, mapping)
         encoded = encode_splits(
             dataset,
             encode_batch,
@@ -94,7 +96,7 @@ class SequenceClassification:
             text=table.text_column,
             pair=table.text_pair_column,
             label=table.label_column,
-            mapping=label_to_id(first_split(dataset), table.label_column, labels),
+            mapping=mapping,
             max_length=run.recipe.data.max_length,
         )
         if "train" in encoded:

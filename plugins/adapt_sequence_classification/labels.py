@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapt import AdaptError
+from adapt import DataError
 
 
 def label_names(dataset, column: str, num_labels: int | None, names: list[str] | None = None) -> list[str]:
@@ -12,12 +12,13 @@ def label_names(dataset, column: str, num_labels: int | None, names: list[str] |
     found = getattr(feature, "names", None)
     if found:
         return _named(list(found), names, f"column '{column}' has {len(found)} classes")
+    # the classes are the training data's; a label only in the eval data is an error (check_known_labels)
     values = set()
-    for split in dataset.values():
+    for split in [dataset["train"]] if "train" in dataset else dataset.values():
         values.update(split.unique(column))
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
-            raise AdaptError(
+            raise DataError(
                 f"task.label_column: column '{column}' holds negative labels ({min(values)}); "
                 "unlabelled rows (such as GLUE's test split) cannot be trained or evaluated on"
             )
@@ -27,10 +28,10 @@ def label_names(dataset, column: str, num_labels: int | None, names: list[str] |
         if names is not None:
             missing = sorted(values - set(names))
             if missing:
-                raise AdaptError(f"task.label_names: does not name the labels {missing} found in column '{column}'")
+                raise DataError(f"task.label_names: does not name the labels {missing} found in column '{column}'")
             return list(names)
         return sorted(values)
-    raise AdaptError(
+    raise DataError(
         f"task.label_column: column '{column}' must hold integers or strings, found {sorted(map(repr, values))[:5]}"
     )
 
@@ -47,7 +48,7 @@ def _named(ids: list[str], names: list[str] | None, what: str) -> list[str]:
     if names is None:
         return ids
     if len(names) != len(ids):
-        raise AdaptError(f"task.label_names: {len(names)} names given, but {what}; give one name per class")
+        raise DataError(f"task.label_names: {len(names)} names given, but {what}; give one name per class")
     return list(names)
 
 
@@ -57,7 +58,7 @@ def class_weights(train, labels: list[str], weights: list[float] | str | None) -
         return None
     if weights != "balanced":
         if len(weights) != len(labels):
-            raise AdaptError(
+            raise DataError(
                 f"task.class_weights: {len(weights)} weights given for {len(labels)} classes ({', '.join(labels)})"
             )
         return list(weights)
@@ -66,3 +67,18 @@ def class_weights(train, labels: list[str], weights: list[float] | str | None) -
         counts[label] += 1
     total = sum(counts)
     return [total / (len(labels) * c) if c else 0.0 for c in counts]
+
+
+def check_known_labels(dataset, column: str, labels: list[str], mapping: dict[str, int] | None) -> None:
+    """Every row's label is one of the run's classes (the training data's); else name the first that is not,
+    instead of a new class appearing from the eval data or an index error in the loss."""
+    known = set(mapping) if mapping is not None else set(range(len(labels)))
+    for name, split in dataset.items():
+        if getattr(split.features[column], "names", None):
+            continue  # ClassLabel ids: the dataset itself guarantees them
+        for row, value in enumerate(split[column], start=1):
+            if value not in known:
+                raise DataError(
+                    f"task.label_column: the {name} split has label '{value}' in row {row}, which is not one of the "
+                    f"run's classes (those of the training data): {', '.join(labels)}"
+                )

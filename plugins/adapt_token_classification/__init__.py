@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt import (
-    AdaptError,
+    DataError,
     PluginInfo,
     Run,
     Table,
@@ -40,18 +40,37 @@ class TokenClassificationTable(Table):
 
 def tag_names(dataset, column: str) -> list[str]:
     """Tag names in id order: the ClassLabel names of a Sequence(ClassLabel) column, else the sorted
-    distinct string tags of all splits."""
+    distinct string tags of the training split (a tag only in the eval data is an error: `check_rows`)."""
     feature = getattr(first_split(dataset).features[column], "feature", None)
     names = getattr(feature, "names", None)
     if names:
         return list(names)
     tags: set = set()
-    for split in dataset.values():
+    for split in [dataset["train"]] if "train" in dataset else dataset.values():
         for row in split[column]:
             tags.update(row)
     if not all(isinstance(t, str) for t in tags):
-        raise AdaptError(f"task.tags_column: column '{column}' must hold lists of tag names or ClassLabel ids")
+        raise DataError(f"task.tags_column: column '{column}' must hold lists of tag names or ClassLabel ids")
     return sorted(tags)
+
+
+def check_rows(dataset, table: TokenClassificationTable, tags: list[str], mapping: dict[str, int] | None) -> None:
+    """One tag per word, and every tag one of the run's (the training data's); else name the row."""
+    known = set(mapping) if mapping is not None else set(range(len(tags)))
+    for name, split in dataset.items():
+        words, labels = split[table.tokens_column], split[table.tags_column]
+        for row, (w, t) in enumerate(zip(words, labels, strict=True), start=1):
+            if len(w) != len(t):
+                raise DataError(
+                    f"task.tags_column: row {row} of the {name} split has {len(w)} tokens but {len(t)} tags; "
+                    "give one tag per token"
+                )
+            unknown = next((tag for tag in t if tag not in known), None)
+            if unknown is not None:
+                raise DataError(
+                    f"task.tags_column: the {name} split has tag '{unknown}' in row {row}, which is not one of the "
+                    f"run's tags (those of the training data): {', '.join(tags)}"
+                )
 
 
 class TokenClassification:
@@ -94,6 +113,7 @@ class TokenClassification:
         tags = self._resolve_tags(run)
         feature = getattr(first_split(dataset).features[table.tags_column], "feature", None)
         mapping = None if getattr(feature, "names", None) else {t: i for i, t in enumerate(tags)}
+        check_rows(dataset, table, tags, mapping)
         return encode_splits(
             dataset,
             encode_words,
