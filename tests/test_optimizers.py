@@ -114,3 +114,28 @@ def test_adafactor_on_a_torch_without_it_says_so(train_tiny, monkeypatch):
     monkeypatch.delattr(torch.optim, "Adafactor")  # as on torch 2.4, which the requirement admits
     with pytest.raises(AdaptError, match="'adafactor' is torch.optim.Adafactor, new in torch 2.5; this is torch"):
         train_tiny(methods=FULL, train={"optimizer": "adafactor", "epochs": 1})
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        {"lora": {"r": 4, "target_modules": ["query", "value"]}},
+        {"adapters": {}},
+        {"head-only": {}},
+        {"gradual-unfreezing": {}},
+        {"int8": {"bits": 8}, "lora": {"r": 4, "target_modules": ["query", "value"]}},
+    ],
+    ids=["lora", "adapters", "head-only", "gradual-unfreezing", "int8+lora"],
+)
+def test_8bit_adamw_trains_every_method(methods, train_tiny, tmp_path):
+    """What each method trains gets 8-bit state (min_8bit_size 1: the tiny tensors would otherwise stay 32-bit),
+    frozen parameters get none, and the loss falls."""
+    train = {"optimizer": "adamw-8bit", "optimizer_options": {"min_8bit_size": 1}, "epochs": 3, "learning_rate": 1e-2}
+    run, _, _ = train_tiny(methods=methods, train=train)
+    state = run.optimizer.optimizer.state
+    trained = [p for p in run.model.parameters() if p.requires_grad]
+    with_state = [p for p in trained if p in state]
+    assert with_state and all(state[p]["state1"].dtype == torch.uint8 for p in with_state)
+    assert all(p.requires_grad for p in state)  # no state for what the method froze
+    losses = train_losses(tmp_path / "run")
+    assert losses[-1] < losses[0], losses
