@@ -58,11 +58,9 @@ def largest_that_runs(run: Run, hooks: Hooks, start: int) -> int:
     import torch
     from accelerate.utils import find_executable_batch_size, send_to_device
 
-    from adapt.build import token_lengths
+    from adapt.build import longest_rows
 
     train = run.encoded["train"]
-    lengths = token_lengths(train)
-    longest = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     collate = hooks.make_collator(run=run)
     model, acc = run.model, run.accelerator
     if not getattr(model, "hf_device_map", None):
@@ -71,8 +69,7 @@ def largest_that_runs(run: Run, hooks: Hooks, start: int) -> int:
 
     @find_executable_batch_size(starting_batch_size=start)
     def attempt(batch_size: int) -> int:
-        rows = [train[i] for i in (longest * math.ceil(batch_size / max(len(longest), 1)))[:batch_size]]
-        batch = send_to_device(collate(rows), acc.device)
+        batch = send_to_device(collate(longest_rows(train, batch_size)), acc.device)
         try:
             with acc.autocast():
                 outputs = model(**batch)

@@ -84,6 +84,14 @@ def token_lengths(split) -> list[int]:
     return pc.list_value_length(split.with_format("arrow")["input_ids"]).to_pylist()
 
 
+def longest_rows(split, rows: int) -> list[dict]:
+    """The `rows` longest encoded examples (repeated when the split has fewer): the batch with the most tokens."""
+    lengths = token_lengths(split)
+    longest = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)[:rows]
+    examples = [split[i] for i in longest]
+    return (examples * -(-rows // max(len(examples), 1)))[:rows]
+
+
 def check_max_length(run: Run) -> None:
     """`data.max_length` against the model's positions, from its config alone: before the weights load,
     instead of an index error in the middle of training."""

@@ -86,10 +86,10 @@ def weight_bytes(model: torch.nn.Module, quantization_config: Any, skip: list[st
     for module in quantised.values():
         w = module.weight
         by_kind[kind] += quantised_weight_bytes(w.numel(), w.shape[0], bits, double)
-    for param in _unique(model.parameters()):
+    for param in model.parameters():
         if id(param) not in quantised_weights:
             by_kind[dtype_label(param.dtype)] += param.numel() * param.element_size()
-    buffers = sum(b.numel() * b.element_size() for b in _unique(model.buffers()))
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     if buffers:
         by_kind["buffers"] = buffers
     candidates = [
@@ -105,20 +105,13 @@ def weight_bytes(model: torch.nn.Module, quantization_config: Any, skip: list[st
     )
 
 
-def _unique(tensors) -> list[torch.Tensor]:
-    seen: dict[int, torch.Tensor] = {}
-    for t in tensors:
-        seen.setdefault(id(t), t)
-    return list(seen.values())
-
-
 def added_parameter_bytes(model: torch.nn.Module, base_ids: set[int]) -> int:
     """Bytes of the parameters methods added (LoRA matrices, adapters), not in the base model."""
-    return sum(p.numel() * p.element_size() for p in _unique(model.parameters()) if id(p) not in base_ids)
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in base_ids)
 
 
 def trainable(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p for p in _unique(model.parameters()) if p.requires_grad]
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def gradient_bytes(model: torch.nn.Module) -> int:
@@ -144,9 +137,6 @@ class Activations:
         under a trained one needs none) and recomputes one block at a time."""
         kept = sum(size for size, saved in zip(self.block_inputs, self.per_block, strict=True) if saved)
         return self.outside_blocks + kept + max(self.per_block, default=0)
-
-    def bytes(self, checkpointing: bool) -> int:
-        return self.checkpointed if checkpointing else self.full
 
 
 # torch.autocast's op lists (torch/csrc/autograd/autocast docs), by the names the ops have at the Python level:

@@ -69,17 +69,16 @@ def parse_device(spec: str | None) -> Device:
         raise AdaptError(f"--device: expected cpu, cuda or a GPU's memory such as 24GiB or 80GB, got {spec!r}")
     units = {"gib": GiB, "gb": 10**9, "mib": MiB, "mb": 10**6, "tib": 2**40, "tb": 10**12}
     capacity = int(float(match.group(1)) * units[match.group(2).lower()])
+    if capacity <= 0:
+        raise AdaptError(f"--device: a GPU's memory must be above zero, got {spec!r}")
     return Device("cuda", capacity, f"a {capacity / GiB:.0f} GiB GPU")
 
 
 def available_cpu_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from adapt.report import proc_kib
+
+    available = proc_kib("/proc/meminfo", "MemAvailable")
+    return None if available is None else available * 1024
 
 
 @dataclass
@@ -102,7 +101,6 @@ class Plan:
     weights: dict[str, int]  # by dtype / quantisation
     gradients: int
     optimizer_state: int
-    activations: int  # at batch_size, as configured
     activations_without_checkpointing: int
     activations_with_checkpointing: int
     backward_working: int
@@ -112,6 +110,13 @@ class Plan:
     float_linear_numel: int = 0
     float_linear_rows: int = 0
     optimizer_state_8bit: int = 0  # what adamw-8bit would keep for the same parameters
+
+    @property
+    def activations(self) -> int:
+        """At batch_size, as configured."""
+        if self.gradient_checkpointing:
+            return self.activations_with_checkpointing
+        return self.activations_without_checkpointing
 
     @property
     def static(self) -> int:
@@ -195,7 +200,6 @@ class Plan:
         return replace(
             self,
             batch_size=batch,
-            activations=scaled(self.activations),
             activations_without_checkpointing=scaled(self.activations_without_checkpointing),
             activations_with_checkpointing=scaled(self.activations_with_checkpointing),
             backward_working=scaled(self.backward_working),
@@ -206,6 +210,7 @@ class Plan:
         for key in ("float_linear_bytes", "float_linear_numel", "float_linear_rows", "optimizer_state_8bit"):
             data.pop(key)
         data.update(
+            activations=self.activations,
             planned_peak_bytes=self.planned_peak_bytes,
             needed_bytes=self.needed,
             fits=self.fits,
@@ -241,8 +246,7 @@ def make_plan(
     encodes the data itself where it is at hand."""
     import torch
 
-    from adapt.build import encode, load_base_model, load_tokenizer, make_accelerator
-    from adapt.data import load_splits
+    from adapt.build import load_base_model, make_accelerator
     from adapt.footprint import added_parameter_bytes, gradient_bytes, saved_activations, trainable, weight_bytes
     from adapt.hooks import Hooks
     from adapt.meta_models import models_on_meta
@@ -251,6 +255,13 @@ def make_plan(
     from adapt.precision import resolve_precision
     from adapt.types import Run
 
+    if config_path is not None:
+        given = Path(config_path)
+        if not (given if given.is_file() else given / "config.json").is_file():
+            raise DataError(
+                f"--model-config: no config.json at '{config_path}'; give a model's config.json or the folder "
+                "holding it"
+            )
     device = device or parse_device(None)
     cfg = recipe.train
     notes: list[str] = []
@@ -263,7 +274,7 @@ def make_plan(
     elif config_path is not None:  # the model's files are not at hand, so neither is its tokenizer
         notes.append("--model-config: no tokenizer, so every example is counted at data.max_length")
     else:
-        _encode_where_at_hand(run, hooks, notes, load_tokenizer, load_splits, encode)
+        _encode_where_at_hand(run, hooks, notes)
 
     with models_on_meta(config_path):
         load_base_model(run, hooks)
@@ -279,6 +290,7 @@ def make_plan(
         weights.by_kind["added by methods"] = added
     params = trainable(model)
     opt_bytes = state_bytes(cfg.optimizer, cfg.optimizer_options, params)
+    gradients = gradient_bytes(model)
     n_trainable, n_total = count_parameters(model)
 
     rows = cfg.batch_size if isinstance(cfg.batch_size, int) else PROBE_ROWS
@@ -310,9 +322,8 @@ def make_plan(
         params_total=n_total,
         params_trainable=n_trainable,
         weights=weights.by_kind,
-        gradients=gradient_bytes(model),
-        optimizer_state=opt_bytes if opt_bytes is not None else 2 * gradient_bytes(model),
-        activations=acts.bytes(cfg.gradient_checkpointing),
+        gradients=gradients,
+        optimizer_state=opt_bytes if opt_bytes is not None else 2 * gradients,
         activations_without_checkpointing=acts.full,
         activations_with_checkpointing=acts.checkpointed,
         backward_working=BACKWARD_LARGEST * acts.largest,
@@ -325,8 +336,11 @@ def make_plan(
     )
 
 
-def _encode_where_at_hand(run, hooks, notes: list[str], load_tokenizer, load_splits, encode) -> None:
+def _encode_where_at_hand(run, hooks, notes: list[str]) -> None:
     """The recipe's encoded data, when its tokenizer and data can be loaded here; else a note."""
+    from adapt.build import encode, load_tokenizer
+    from adapt.data import load_splits
+
     recipe = run.recipe
     try:
         run.tokenizer = load_tokenizer(recipe)
@@ -343,18 +357,14 @@ def _largest_batch(run, hooks, notes: list[str], rows: int):
     else rows of `data.max_length` tokens."""
     import torch
 
-    from adapt.build import token_lengths
+    from adapt.build import longest_rows
 
     max_length = run.recipe.data.max_length
     if run.encoded is not None and len(run.encoded["train"]) > 0:
         train = run.encoded["train"]
-        lengths = token_lengths(train)
-        longest = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)[:rows]
-        examples = [train[i] for i in longest]
-        examples = (examples * rows)[:rows]
-        batch = hooks.make_collator(run=run)(examples)
+        batch = hooks.make_collator(run=run)(longest_rows(train, rows))
         length = int(batch["input_ids"].shape[-1])
-        source = f"the longest of {len(lengths):,} training examples"
+        source = f"the longest of {len(train):,} training examples"
     else:
         length = max_length
         ids = torch.zeros(rows, length, dtype=torch.long)
@@ -415,7 +425,7 @@ def render_plan(plan: Plan, console) -> None:
             f"largest batch that fits: {plan.largest_batch()} x {plan.length} tokens "
             f"(checkpointing {'on' if plan.gradient_checkpointing else 'off'})"
         )
-    for tip in plan.advice():
-        console.print(f"  to fit: {tip}")
+    for tip in plan.advice():  # tips name recipe tables ([methods.int8]): text, not rich markup
+        console.print(f"  to fit: {tip}", markup=False)
     for note in plan.notes:
-        console.print(f"[dim]note: {note}[/dim]")
+        console.print(f"note: {note}", style="dim", markup=False)

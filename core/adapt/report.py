@@ -29,15 +29,20 @@ def peak_memory() -> dict[str, float]:
     return memory
 
 
-def _status_kib(field: str) -> int | None:
-    """A `VmRSS`/`VmHWM` figure of /proc/self/status in KiB (Linux), else None."""
+def proc_kib(file: str, field: str) -> int | None:
+    """A figure in KiB from a Linux /proc file (`VmHWM` of /proc/self/status, `MemAvailable` of
+    /proc/meminfo), else None."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(file).read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _status_kib(field: str) -> int | None:
+    return proc_kib("/proc/self/status", field)
 
 
 class MemoryProbe:
@@ -80,7 +85,7 @@ def show_notes(notes: list[str]) -> None:
 
         console = Console(stderr=True, highlight=False)
         for note in notes:
-            console.print(f"note: {note}", soft_wrap=True)
+            console.print(f"note: {note}", soft_wrap=True, markup=False)
 
 
 def versions() -> dict[str, str]:

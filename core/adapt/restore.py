@@ -31,9 +31,10 @@ def missing_plugins(run_dir: Path, catalogue: Catalogue) -> None:
         if not isinstance(origin, dict) or origin.get("kind") not in ("head", "method") or name in catalogue.infos:
             continue
         dist, version = origin.get("distribution"), origin.get("version")
-        install = f"pip install '{dist}=={version}'" if dist and version else f"pip install {dist}" if dist else ""
-        missing.append(f"'{name}' ({origin['kind']}) from {dist or 'an unknown distribution'} {version or ''}".strip())
-        missing[-1] += f": {install}" if install else ""
+        line = f"'{name}' ({origin['kind']}) from {dist or 'an unknown distribution'} {version or ''}".strip()
+        if dist:
+            line += f": pip install '{dist}=={version}'" if version else f": pip install {dist}"
+        missing.append(line)
     if missing:
         raise MissingPlugins(
             f"RUN_DIR: '{run_dir}' was trained with plugins that are not installed here: {'; '.join(missing)}"

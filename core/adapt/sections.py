@@ -131,7 +131,8 @@ class TrainSection(Table):
             if data.get("grad_accum_steps", 1) != 1:
                 raise ValueError("set grad_accum_steps or effective_batch_size, not both")
             batch, effective = data.get("batch_size", 32), data["effective_batch_size"]
-            if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 and isinstance(effective, int):
+            numbers = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (batch, effective))
+            if numbers:  # anything else is the fields' own validation to report
                 if batch > effective:
                     raise ValueError(f"batch_size ({batch}) is larger than effective_batch_size ({effective})")
                 data = {**data, "grad_accum_steps": -(-effective // batch)}
