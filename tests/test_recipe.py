@@ -32,7 +32,7 @@ def test_valid_recipe_fills_defaults_and_orders_tables(tiny_recipe, catalogue):
     assert recipe.table("lora").r == 4
     assert recipe.table("lora").dropout == 0.0  # default
     assert recipe.train.weight_decay == 0.01
-    assert set(recipe.tables) == {"sequence-classification", "lora", "progress", "metrics"}
+    assert set(recipe.tables) == {"sequence-classification", "lora", "progress", "metrics", "plots"}
     resolved = recipe.to_dict()
     assert resolved["methods"]["lora"]["alpha"] == 8
     tomli_w.dumps(resolved)  # the resolved recipe is writable as TOML

@@ -25,6 +25,7 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
         ".adapt-run.json",  # the marker: adapt wrote this folder, and its run finished
         ".adapt-run.lock",  # held while a process trains into the folder
         "adapter",
+        "curves.png",  # the plots plugin's loss, learning rate and metrics
         "labels.json",
         "metrics.jsonl",
         "recipe.toml",

@@ -24,7 +24,7 @@ from adapt.heads import (  # noqa: E402
 )
 from adapt.inference import example_logits, forward_batches  # noqa: E402
 from adapt.interrupts import Interrupted  # noqa: E402
-from adapt.io import atomic_dir, atomic_write_json, atomic_write_text, json_text  # noqa: E402
+from adapt.io import atomic_dir, atomic_file, atomic_write_json, atomic_write_text, json_text  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
     decay_groups,
@@ -56,6 +56,7 @@ __all__ = [
     "Table",
     "TextInputs",
     "atomic_dir",
+    "atomic_file",
     "atomic_write_json",
     "atomic_write_text",
     "count_parameters",

@@ -1,4 +1,4 @@
-"""`adapt run | check | eval | predict | export | plugins`.
+"""`adapt run | check | plan | sweep | compare | eval | predict | export | plugins`.
 
 Errors meant for users print as one message, never a traceback."""
 
@@ -83,6 +83,41 @@ def _parser() -> argparse.ArgumentParser:
         help="the model's config.json (or its folder), for a model whose files are not in the cache",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command(
+        "sweep",
+        "search a recipe's hyperparameters with Optuna: each trial a run, pruned from its evaluations, resumable",
+        *recipe,
+    )
+    p.add_argument(
+        "--space",
+        required=True,
+        metavar="SPACE.toml",
+        help="what to vary and how: metric, sampler (tpe, random, grid), pruner and [params] (see README)",
+    )
+    p.add_argument(
+        "--trials", type=_positive(int), metavar="N", help="trials in the study in all, every worker counting"
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="where the study lives: a journal file (default DIR/study.journal) or sqlite:///FILE, "
+        "postgresql://..., mysql://...; workers given the same storage and --study share the study",
+    )
+    p.add_argument("--study", metavar="NAME", help="the study's name (default: the recipe file's stem)")
+    p.add_argument("--dir", metavar="DIR", help="the folder of trials and results (default: output.dir + '-sweep')")
+    p = command(
+        "compare",
+        "run a recipe once per value of one key (models, methods, ranks) and compare their metrics",
+        *recipe,
+    )
+    p.add_argument(
+        "--vary",
+        required=True,
+        metavar="KEY=A,B,C",
+        help="the key and its values, e.g. --vary model.name=prajjwal1/bert-tiny,prajjwal1/bert-mini",
+    )
+    p.add_argument("--metric", help="the eval metric the chart shows (default: the head's first)")
+    p.add_argument("--dir", metavar="DIR", help="the folder of runs and results (default: output.dir + '-compare')")
     p = command(
         "eval",
         "recompute a finished run's metrics on its eval split (or another)",
@@ -230,6 +265,142 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_WHILE_RUNNING = 20  # latest trials in the table printed after each trial
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapt.space import load_space
+    from adapt.sweep import Sweep
+
+    catalogue, recipe = _load(args)
+    space = load_space(args.space, args.recipe, catalogue.infos, args.overrides, catalogue.broken)
+    _quiet_libraries()
+    folder = Path(args.dir or f"{recipe.output.dir}-sweep")
+    sweep = Sweep(
+        args.recipe,
+        space,
+        catalogue,
+        folder,
+        study_name=args.study or Path(args.recipe).stem,
+        storage=args.storage,
+        overrides=args.overrides,
+        on_trial=lambda study: stdout.print(_trials_table(study, space, latest=SHOWN_WHILE_RUNNING)),
+    )
+    if space.pruner.kind != "none" and not recipe.train.eval_every:
+        from adapt.report import show_notes
+
+        show_notes(["no pruning: the recipe does not evaluate during training (set train.eval_every)"])
+    try:
+        study = sweep.run(args.trials)
+    except Interrupted as exc:
+        stderr.print(
+            Text(f"{exc.message}\nsweep interrupted: run the same command again to continue the study", style="yellow"),
+            soft_wrap=True,
+        )
+        return exc.exit_code
+    from adapt.sweep import best_trial
+
+    if len(study.trials) > SHOWN_WHILE_RUNNING or not sweep.trials_run:  # else the last table showed them all
+        stdout.print(_trials_table(study, space))
+
+    best = best_trial(study)
+    if best is None:
+        stderr.print(Text(f"no trial completed; see {folder / 'trials.json'}", style="red"))
+        return 1
+    stdout.print(
+        f"best: trial {best.number}, {space.metric} {best.value:.4f} ({_params_text(best.params)})\n"
+        f"written: {folder / 'best.toml'}, {folder / 'trials.json'}, {folder / 'objective.png'}"
+    )
+    return 0
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+
+
+def _trials_table(study, space, latest: int | None = None) -> RichTable:
+    from adapt.sweep import best_trial, trial_rows
+
+    rows = trial_rows(study)
+    best = best_trial(study)
+    shown = rows[-latest:] if latest else rows
+    caption = f"{len(rows) - len(shown)} earlier trials in trials.json" if len(shown) < len(rows) else None
+    table = RichTable(title=f"study {study.study_name}: {space.metric} ({space.goal})", caption=caption)
+    for column in ("trial", "state", space.metric, *_short_keys(list(space.params)), "steps", "train s", "note"):
+        if column == "note":
+            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=48)
+        else:
+            table.add_column(column, justify="left" if column == "state" else "right", overflow="fold")
+    for row in shown:
+        value = "" if row["value"] is None else f"{row['value']:.4f}"
+        style = "bold green" if best is not None and row["number"] == best.number else None
+        params = [_short(row["params"].get(k, "")) for k in space.params]
+        table.add_row(
+            str(row["number"]),
+            row["state"],
+            value,
+            *params,
+            str(row["steps"] or ""),
+            str(row["train_seconds"] or ""),
+            row["note"][:80],
+            style=style,
+        )
+    return table
+
+
+def _short_keys(keys: list[str]) -> list[str]:
+    """Column titles: each key's last part ("learning_rate") where that names one key, else the whole key."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return [short if last.count(short) == 1 else key for key, short in zip(keys, last, strict=True)]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapt.compare import Comparison, parse_vary
+
+    key, values = parse_vary(args.vary)
+    catalogue, recipe = _load(args)
+    _quiet_libraries()
+    folder = Path(args.dir or f"{recipe.output.dir}-compare")
+    comparison = Comparison(args.recipe, key, values, catalogue, folder, overrides=args.overrides)
+    try:
+        rows = comparison.run()
+    except Interrupted as exc:
+        stderr.print(
+            Text(f"{exc.message}\ncomparison interrupted: run the same command again to continue", style="yellow"),
+            soft_wrap=True,
+        )
+        return exc.exit_code
+    metric = comparison.metric(rows, args.metric)
+    comparison.write(rows, metric)
+    names = list(dict.fromkeys(m for r in rows for m in r["eval"]))
+    problems = [r for r in rows if r["status"] != "finished"]
+    table = RichTable(title=f"{recipe.source}: {key} compared")
+    for column in (_short_keys([key])[0], *names, "trainable", "train s", "samples/s", "peak MiB"):
+        table.add_column(column, justify="left" if column == _short_keys([key])[0] else "right", overflow="fold")
+    if problems:
+        table.add_column("status", overflow="fold")
+    for row in rows:
+        peak = row.get("measured_peak_bytes")
+        cells = [
+            _short(row["value"]),
+            *(f"{row['eval'][m]:.4f}" if m in row["eval"] else "" for m in names),
+            f"{row['trainable']:,}" if row.get("trainable") else "",
+            f"{row['train_seconds']:.0f}" if row.get("train_seconds") else "",
+            f"{row['train_samples_per_second']:.0f}" if row.get("train_samples_per_second") else "",
+            f"{peak / 2**20:,.0f}" if peak else "",
+        ]
+        if problems:
+            cells.append(row["status"] if row["status"] != "failed" else f"failed: {row['error']}")
+        table.add_row(*cells)
+    stdout.print(table)
+    stdout.print(f"written: {folder / 'compare.json'}" + (f", {folder / 'compare.png'}" if metric else ""))
+    return 0 if any(r["status"] == "finished" for r in rows) else 1
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -372,6 +543,8 @@ COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
     "plan": cmd_plan,
+    "sweep": cmd_sweep,
+    "compare": cmd_compare,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,

@@ -14,11 +14,11 @@ class RecipeError(AdaptError):
 
     exit_code = 2
 
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str], what: str = "the recipe"):
         self.source = source
         self.problems = list(problems)
         count = len(self.problems)
-        head = f"{source}: {count} problem{'s' if count != 1 else ''} in the recipe"
+        head = f"{source}: {count} problem{'s' if count != 1 else ''} in {what}"
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
 
 

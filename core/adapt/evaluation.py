@@ -22,6 +22,7 @@ class Evaluator:
         self.run = run
         self.hooks = hooks
         self.seconds = 0.0
+        self.last: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest pass
         lengths = [len(ids) for ids in dataset["input_ids"]]
         batches, self.counted = shard_batches(
             sorted_batches(lengths, batch_size), run.accelerator.process_index, run.accelerator.num_processes
@@ -59,8 +60,16 @@ class Evaluator:
             metrics = first
         result = {k: float(v) for k, v in metrics.compute().items()}
         self.seconds += time.perf_counter() - start
+        self.last = (run.step, result)
         self.hooks.on_evaluate(run=run, metrics=result)
         return result
+
+    def at_step(self, step: int) -> dict[str, float]:
+        """The metrics of optimizer step `step`: those of the evaluation just made there (a run stopped right
+        after evaluating), else a new pass."""
+        if self.last is not None and self.last[0] == step:
+            return self.last[1]
+        return self()
 
 
 def evaluate_run(

@@ -246,7 +246,8 @@ def adapt_on_log(run: Run, logs: dict[str, float]) -> None:
 @hookspec
 def adapt_on_evaluate(run: Run, metrics: dict[str, float]) -> None:
     """An evaluation pass over the eval split has finished; ``metrics`` is the head's metrics,
-    computed over all processes. Called every ``train.eval_every`` steps and after the last step."""
+    computed over all processes. Called every ``train.eval_every`` steps and after the last step. A plugin that
+    decides from them to end training (early stopping, a sweep's pruner) calls ``run.request_stop(reason)``."""
 
 
 @hookspec

@@ -83,12 +83,29 @@ def load_recipe(
     broken: Mapping[str, str] | None = None,
     check_data: bool = True,
     notes: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> Recipe:
     """Read, override and validate a recipe file. Raises RecipeError listing every problem.
+
+    `values` sets dotted keys to typed values after the overrides (a sweep's trial parameters).
 
     `check_data=False` skips checking that data files exist (a finished run predicting without them).
     With a `notes` list (a recipe a run saved), tables of infrastructure plugins that are no longer installed
     are left out, with a note, instead of being errors: such plugins never change the trained model."""
+    problems: list[str] = []
+    raw = recipe_data(path, overrides, values, problems)
+    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {}, check_data=check_data, notes=notes)
+    if problems:
+        raise RecipeError(str(path), problems)
+    assert recipe is not None
+    return recipe
+
+
+def recipe_data(
+    path: str | Path, overrides: Sequence[str], values: Mapping[str, Any] | None, problems: list[str]
+) -> dict[str, Any]:
+    """A recipe file's TOML data with the overrides and `values` applied, not yet validated (problems with
+    the overrides are appended to `problems`). Raises RecipeError when the file cannot be read as TOML."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -98,13 +115,10 @@ def load_recipe(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
-    problems: list[str] = []
     apply_overrides(raw, overrides, problems)
-    recipe = validate(raw, plugins, problems, source=str(path), broken=broken or {}, check_data=check_data, notes=notes)
-    if problems:
-        raise RecipeError(str(path), problems)
-    assert recipe is not None
-    return recipe
+    for key, value in (values or {}).items():
+        set_key(raw, key, value, problems, label=key)
+    return raw
 
 
 def parse_value(text: str) -> Any:
@@ -118,19 +132,22 @@ def parse_value(text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], problems: list[str]) -> None:
     for item in overrides:
         key, sep, value = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
+        if not sep or not all(key.strip().split(".")):
             problems.append(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.learning_rate=1e-3")
             continue
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                where = ".".join(parts[: depth + 1])
-                problems.append(f"--set {item!r}: '{where}' is a value, not a table")
-                break
-        else:
-            node[parts[-1]] = parse_value(value.strip())
+        set_key(raw, key.strip(), parse_value(value.strip()), problems, label=f"--set {item!r}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, problems: list[str], label: str) -> None:
+    """Set the dotted `key` ("methods.lora.r") of a raw recipe to `value`, creating tables on the way."""
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            problems.append(f"{label}: '{'.'.join(parts[: depth + 1])}' is a value, not a table")
+            return
+    node[parts[-1]] = value
 
 
 def toml_key(part: object) -> str:

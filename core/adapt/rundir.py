@@ -83,6 +83,25 @@ def _holder(lock_file: Path) -> str:
     return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: {info.get('command')}"
 
 
+def in_use(path: Path) -> bool:
+    """Whether a live process trains into `path` now (holds its lock); the lock file is left as it is."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody ever claimed the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
 @dataclass
 class _Lock:
     """An exclusive flock on `folder/.adapt-run.lock`; the kernel releases it when the process dies."""

@@ -349,7 +349,7 @@ class TrainingLoop:
         model, optimizer, clock, window, guard = run.model, run.optimizer, self.clock, self.window, self.guard
         model.train()
         clock.resume()
-        while run.step < run.max_steps:
+        while run.step < run.max_steps and run.stop_reason is None:
             self.train_dl.set_epoch(run.epoch)
             if self.batches_in_epoch == 0:
                 self.epoch_started = clock.total
@@ -383,10 +383,12 @@ class TrainingLoop:
                 run.step += 1
                 hooks.on_step_end(run=run)
                 self._after_step(end_of_epoch=acc.gradient_state.end_of_dataloader)
-                if run.step >= run.max_steps:
+                if run.step >= run.max_steps or run.stop_reason is not None:
                     break
             clock.lap()
             self.epoch_seconds.append(round(clock.total - self.epoch_started, 2))
+            if run.stop_reason is not None:
+                break  # finishing now: a checkpoint would only be deleted again
             run.epoch += 1
             self.batches_in_epoch = 0
             self._checkpoint()  # at each epoch end (and after the last step)
@@ -429,7 +431,7 @@ class TrainingLoop:
     def _finish(self) -> None:
         run, acc = self.run, self.run.accelerator
         self.guard.check()
-        self.final_metrics = self.evaluator()
+        self.final_metrics = self.evaluator.at_step(run.step)
         acc.wait_for_everyone()
         if run.is_main_process and run.recipe.output.save_artifacts:
             try:
@@ -483,6 +485,8 @@ class TrainingLoop:
         }
         if run.resumed_from is not None:
             stats["resumed_from"] = str(run.resumed_from)
+        if run.stop_reason is not None:
+            stats["stopped_early"] = run.stop_reason
         return stats
 
 

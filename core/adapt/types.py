@@ -117,6 +117,16 @@ class Run:
     #: from its config (shapes, no weights, no memory) and methods are applied to it. Skip work that needs real
     #: tensors or the device (a kernel probe, a feature cache); nothing is trained or saved.
     planning: bool = False
+    #: Why training ends before ``max_steps``, once a plugin has called ``request_stop``; else None.
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """End training after the current optimizer step (early stopping, a sweep pruning a trial). The run
+        then finishes as usual: a final evaluation (this step's, when it has just evaluated), the artifacts and
+        summary.json, whose ``stopped_early`` holds `reason`. The first request wins. With several processes,
+        every process must make the same request (decide from the gathered metrics of ``adapt_on_evaluate``)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
 
     def table(self, plugin: str) -> Table:
         """The validated recipe table of `plugin` (its defaults when the recipe has none)."""
