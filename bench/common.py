@@ -22,3 +22,13 @@ def run_recipe(
     summary = json.loads((Path(out) / "summary.json").read_text())
     summary["process_seconds"] = time.perf_counter() - start
     return summary
+
+
+def publish(intro: str, columns: list[str], rows: list[str], out: Path) -> str:
+    """A Markdown table under one line of context, written to `out` and printed."""
+    lines = [intro, "", "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |", *rows]
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    return text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import run_recipe
+from common import publish, run_recipe
 
 RECIPES = ["lora", "adapters", "head-only", "gradual-unfreezing", "int8-lora", "full"]
 
@@ -41,18 +41,14 @@ def main() -> None:
     args = parser.parse_args()
     results = {name: run(name, args.runs, args.overrides) for name in args.only}
     seed = {s["seed"] for s in results.values()}
-    lines = [
-        f"Seed {', '.join(map(str, sorted(seed)))}; {next(iter(results.values()))['device']}; "
-        f"{next(iter(results.values()))['train_samples']:,} training samples per run.",
-        "",
-        "| method | trainable params | val accuracy | wall s | train samples/s | peak RSS MiB | peak CUDA MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *(row(name, s) for name, s in results.items()),
-    ]
-    table = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(table)
+    first = next(iter(results.values()))
+    publish(
+        f"Seed {', '.join(map(str, sorted(seed)))}; {first['device']}; {first['train_samples']:,} training samples "
+        "per run.",
+        ["method", "trainable params", "val accuracy", "wall s", "train samples/s", "peak RSS MiB", "peak CUDA MiB"],
+        [row(name, s) for name, s in results.items()],
+        args.out,
+    )
 
 
 if __name__ == "__main__":

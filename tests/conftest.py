@@ -107,6 +107,9 @@ def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
             "precision": "fp32",  # the same arithmetic on every CPU kind ("auto" is bf16 on AMX CPUs)
         },
         "output": {"dir": str(output)},
+        # curves.png costs about a second of matplotlib per run, more than a tiny run trains; the tests that
+        # look at it enable the plugin again (plugins.disable = [])
+        "plugins": {"disable": ["plots"]},
     }
 
 

@@ -101,7 +101,8 @@ def test_recipe_selects_plugins_and_disable_removes_them(tiny_recipe):
     catalogue = Catalogue.discover(extra={"recorder": Recorder()})
     recipe = load_recipe(tiny_recipe(plugins={"disable": ["progress", "recorder"]}), catalogue.infos)
     names = {name for name, _ in catalogue.manager(recipe).list_name_plugin()}
-    assert names == {"adapt.defaults", "metrics", "plots", "sequence-classification", "lora"}
+    infrastructure = {"metrics", "plots", "forgetting", "tracking"}
+    assert names == {"adapt.defaults", *infrastructure, "sequence-classification", "lora"}
 
 
 class Exploding:

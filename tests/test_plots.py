@@ -20,7 +20,7 @@ def png_size(path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("dpi", [100, 50])
 def test_every_run_draws_its_curves(train_tiny, dpi):
-    run, _, summary = train_tiny(train={"eval_every": 4}, plugins={"plots": {"dpi": dpi}})
+    run, _, summary = train_tiny(train={"eval_every": 4}, plugins={"disable": [], "plots": {"dpi": dpi}})
     # panels: loss (train and eval), learning rate, eval accuracy, eval macro_f1: 3 columns, 2 rows
     assert png_size(run.output_dir / "curves.png") == (round(12.6 * dpi), round(6.4 * dpi))
 
@@ -42,7 +42,7 @@ def test_curves_of_a_resumed_run_start_at_the_first_step(tiny_recipe, monkeypatc
     from adapt_plots import Plots
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
-    recipe_file = tiny_recipe(train={"eval_every": 4})
+    recipe_file = tiny_recipe(train={"eval_every": 4}, plugins={"disable": []})
     catalogue = Catalogue.discover(extra={"interrupt": Interrupt(step=8)})
     recipe = load_recipe(recipe_file, catalogue.infos)
     with pytest.raises(Interrupted):

@@ -19,7 +19,7 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     import os
 
     os.umask(0o022)
-    assert main(["run", str(tiny_recipe(train={"eval_every": 5}))]) == 0
+    assert main(["run", str(tiny_recipe(train={"eval_every": 5}, plugins={"disable": []}))]) == 0
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         ".adapt-run.json",  # the marker: adapt wrote this folder, and its run finished

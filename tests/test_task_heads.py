@@ -291,8 +291,12 @@ def test_causal_lm_learns_responses_and_generates_them(tiny_recipe, tiny_gpt2_di
     assert main(["run", str(recipe)]) == 0
     losses = train_losses(tmp_path / "run")
     assert losses[-1] < 0.5 * losses[0]  # ln(vocab) at first; the response tokens are soon learnt
-    metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    metrics = summary["eval"]
     assert set(metrics) == {"loss", "perplexity", "token_accuracy"} and metrics["perplexity"] < 3
+    # a causal LM is its own pretraining head: forgetting includes its LM loss on the reference prompts
+    forgetting = summary["forgetting"]
+    assert forgetting["reference_texts"] == 32 and 0 < forgetting["lm_loss_before"] != forgetting["lm_loss_after"]
     capsys.readouterr()
     assert (
         main(["predict", str(tmp_path / "run"), "--json", "w1 w2 good Sentiment:", "--file", str(sft_data["eval"])])

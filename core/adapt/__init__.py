@@ -10,7 +10,7 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("adapt")
 
-from adapt.data import from_pretrained_cached, require_columns  # noqa: E402
+from adapt.data import from_pretrained_cached, load_file, require_columns  # noqa: E402
 from adapt.errors import AdaptError, DataError, PluginError, RecipeError  # noqa: E402
 from adapt.heads import (  # noqa: E402
     TextInputs,
@@ -25,6 +25,7 @@ from adapt.heads import (  # noqa: E402
 from adapt.inference import example_logits, forward_batches  # noqa: E402
 from adapt.interrupts import Interrupted  # noqa: E402
 from adapt.io import atomic_dir, atomic_file, atomic_write_json, atomic_write_text, json_text  # noqa: E402
+from adapt.mlm import has_mlm_head, mask_tokens, mlm_loss, pretrained_mlm_head  # noqa: E402
 from adapt.modeling import (  # noqa: E402
     count_parameters,
     decay_groups,
@@ -69,15 +70,20 @@ __all__ = [
     "forward_batches",
     "fresh_modules",
     "from_pretrained_cached",
+    "has_mlm_head",
     "head_module_names",
     "hookimpl",
     "json_text",
     "label_config",
+    "load_file",
     "load_head_state",
     "load_model_folder",
     "load_task_model",
     "load_tensors_into",
+    "mask_tokens",
+    "mlm_loss",
     "model_config",
+    "pretrained_mlm_head",
     "preview_head_modules",
     "require_columns",
     "row_values",

@@ -24,7 +24,7 @@ from adapt.interrupts import Interrupted
 from adapt.io import atomic_write_json
 from adapt.manager import Catalogue
 from adapt.recipe import load_recipe, parse_value
-from adapt.rundir import describe_stop, is_run
+from adapt.rundir import FINISHED, describe_stop, is_run, run_status
 
 
 def parse_vary(text: str) -> tuple[str, list[Any]]:
@@ -95,8 +95,12 @@ class Comparison:
         for value, recipe in zip(self.values, self.recipes(), strict=True):
             run_dir = Path(recipe.output.dir)
             row: dict[str, Any] = {"value": value, "run_dir": str(run_dir), "status": "finished", "eval": {}}
-            code = self._train(value, run_dir)
             summary_file = run_dir / "summary.json"
+            if run_status(run_dir) == FINISHED and summary_file.is_file():
+                print(f"{self.key}={value!r}: the run in {run_dir} has already finished; reusing it", file=sys.stderr)
+                code = 0
+            else:
+                code = self._train(value, run_dir)
             if code == 0 and summary_file.is_file():
                 row.update(_from_summary(json.loads(summary_file.read_text(encoding="utf-8"))))
             elif code in (128 + signal.SIGINT, 128 + signal.SIGTERM):

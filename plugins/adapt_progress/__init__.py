@@ -65,7 +65,8 @@ class Progress:
     @hookimpl
     def adapt_on_log(self, run: Run, logs: dict[str, float]) -> None:
         if self.progress is not None:
-            stats = f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  {logs['samples_per_second']:.0f} samples/s"
+            terms = "".join(f" + {k} {v:.4f}" for k, v in logs.items() if k not in _NOT_TERMS)
+            stats = f"loss {logs['loss']:.4f}{terms}  lr {logs['lr']:.2e}  {logs['samples_per_second']:.0f} samples/s"
             self.progress.update(self.task, stats=stats)
 
     @hookimpl
@@ -110,4 +111,13 @@ def summary_table(summary: dict[str, Any]):
     table.add_row("train / total seconds", f"{summary['train_seconds']:.1f} / {summary['wall_seconds']:.1f}")
     for name, value in summary["memory"].items():
         table.add_row(name.replace("_", " "), f"{value:,.0f}")
+    if "forgetting" in summary:
+        forgetting = summary["forgetting"]
+        table.add_row(f"drift (1 - CKA, {forgetting['reference_texts']} texts)", f"{forgetting['drift']:.4f}")
+    if "stopped_early" in summary:
+        table.add_row("stopped early", summary["stopped_early"])
     return table
+
+
+# Keys of a training log that are not loss terms (the task loss is shown first, then each term).
+_NOT_TERMS = {"step", "epoch", "loss", "lr", "samples_per_second"}
