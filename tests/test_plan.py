@@ -179,7 +179,7 @@ def test_a_run_records_its_plan_beside_the_measured_peak(train_tiny):
 
 def test_a_bad_device_is_one_message(tiny_recipe, adapt_cli):
     result = adapt_cli("plan", str(tiny_recipe()), "--device", "lots")
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input, like a bad recipe
     assert "--device: expected cpu, cuda or a GPU's memory such as 24GiB" in result.stderr
 
 

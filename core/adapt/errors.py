@@ -22,6 +22,12 @@ class RecipeError(AdaptError):
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
 
 
+class UsageError(AdaptError):
+    """A command-line option has a value the command cannot use (`--device lots`): bad input, exit code 2."""
+
+    exit_code = 2
+
+
 class DataError(AdaptError):
     """The data or model a recipe names is missing or not as the recipe says (a file, a dataset, a split,
     a column, `data.preprocess`, a hub id not in the cache): bad input, like a bad recipe."""

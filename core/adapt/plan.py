@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from adapt.errors import AdaptError, DataError
+from adapt.errors import DataError, UsageError
 from adapt.footprint import quantised_weight_bytes
 from adapt.recipe import Recipe
 
@@ -61,16 +61,16 @@ def parse_device(spec: str | None) -> Device:
         return Device("cpu", available_cpu_memory(), "cpu")
     if spec == "cuda":
         if not torch.cuda.is_available():
-            raise AdaptError("--device cuda: no CUDA device here; give the GPU's memory instead, e.g. --device 24GiB")
+            raise UsageError("--device cuda: no CUDA device here; give the GPU's memory instead, e.g. --device 24GiB")
         props = torch.cuda.get_device_properties(0)
         return Device("cuda", props.total_memory, f"{props.name} ({props.total_memory / GiB:.0f} GiB)")
     match = re.fullmatch(r"\s*([0-9.]+)\s*(GiB|GB|MiB|MB|TiB|TB)\s*", spec, flags=re.IGNORECASE)
     if not match:
-        raise AdaptError(f"--device: expected cpu, cuda or a GPU's memory such as 24GiB or 80GB, got {spec!r}")
+        raise UsageError(f"--device: expected cpu, cuda or a GPU's memory such as 24GiB or 80GB, got {spec!r}")
     units = {"gib": GiB, "gb": 10**9, "mib": MiB, "mb": 10**6, "tib": 2**40, "tb": 10**12}
     capacity = int(float(match.group(1)) * units[match.group(2).lower()])
     if capacity <= 0:
-        raise AdaptError(f"--device: a GPU's memory must be above zero, got {spec!r}")
+        raise UsageError(f"--device: a GPU's memory must be above zero, got {spec!r}")
     return Device("cuda", capacity, f"a {capacity / GiB:.0f} GiB GPU")
 
 
