@@ -35,6 +35,7 @@ from adapt.modeling import (  # noqa: E402
     label_config,
     load_task_model,
     model_config,
+    on_last_block_output,
     preview_head_modules,
     task_head_modules,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "mask_tokens",
     "mlm_loss",
     "model_config",
+    "on_last_block_output",
     "pretrained_mlm_head",
     "preview_head_modules",
     "require_columns",

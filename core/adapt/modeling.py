@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from adapt.errors import AdaptError
@@ -30,6 +33,19 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     if best is None:
         raise ValueError(f"cannot find a stack of transformer blocks in {type(model).__name__}")
     return best
+
+
+def on_last_block_output(
+    model: torch.nn.Module, callback: Callable[[torch.nn.Module, torch.Tensor], None]
+) -> torch.utils.hooks.RemovableHandle:
+    """Call `callback(block, hidden_states)` on every forward pass of the model's last transformer block (its
+    output hidden states, whether the block returns them alone or first in a tuple). Returns the hook's handle
+    (`.remove()` it when done)."""
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        callback(module, output[0] if isinstance(output, tuple) else output)
+
+    return find_blocks(model)[1][-1].register_forward_hook(hook)
 
 
 def parameter_count(param: torch.Tensor) -> int:

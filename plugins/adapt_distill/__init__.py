@@ -12,12 +12,12 @@ mode (no dropout, so the random stream of training is untouched).
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, find_blocks, hookimpl
+from adapt import PluginInfo, Run, Table, hookimpl, on_last_block_output
 
 BASE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -50,14 +50,13 @@ class Distill:
             return
         if not hasattr(run.model, "disable_adapter"):
             self.base = copy.deepcopy(run.model).eval().requires_grad_(False)
-        _, blocks = find_blocks(run.model)
-        blocks[-1].register_forward_hook(self._capture)
+        on_last_block_output(run.model, self._capture)
         if self.base is not None:
-            find_blocks(self.base)[1][-1].register_forward_hook(self._capture)
+            on_last_block_output(self.base, self._capture)
 
-    def _capture(self, module: Any, args: Any, output: Any) -> None:
-        if module.training or self.in_base:  # not in evaluations
-            self.captured = output[0] if isinstance(output, tuple) else output
+    def _capture(self, block: torch.nn.Module, hidden: torch.Tensor) -> None:
+        if block.training or self.in_base:  # not in evaluations
+            self.captured = hidden
 
     @hookimpl
     def adapt_loss_terms(self, run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

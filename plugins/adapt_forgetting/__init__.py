@@ -25,7 +25,17 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from adapt import DataError, PluginInfo, Run, Table, find_blocks, hookimpl, mask_tokens, mlm_loss, pretrained_mlm_head
+from adapt import (
+    DataError,
+    PluginInfo,
+    Run,
+    Table,
+    hookimpl,
+    mask_tokens,
+    mlm_loss,
+    on_last_block_output,
+    pretrained_mlm_head,
+)
 
 from .measures import cosine_per_row, linear_cka, similarity_correlation
 from .reference import reference_texts
@@ -100,16 +110,12 @@ class Forgetting:
         losses the model has a head for ({"lm_loss": ..., "mlm_loss": ...}). A batch whose blocks did not run (a
         frozen backbone's feature cache served it) keeps the `base` rows, which are what such a cache holds."""
         model = run.model
-        _, blocks = find_blocks(run.unwrapped_model)
         captured: list[torch.Tensor] = []
-
-        def capture(module, args, output):
-            captured.append(output[0] if isinstance(output, tuple) else output)
 
         causal = run.recipe.head == "causal-lm"
         mlm_head = pretrained_mlm_head(run) if not causal and run.tokenizer.mask_token_id is not None else None
         generator = torch.Generator().manual_seed(0)  # the same masks before and after training
-        hook = blocks[-1].register_forward_hook(capture)
+        hook = on_last_block_output(run.unwrapped_model, lambda block, hidden: captured.append(hidden))
         was_training = model.training
         model.eval()
         rows, sums, counts = [], {"lm_loss": 0.0, "mlm_loss": 0.0}, {"lm_loss": 0, "mlm_loss": 0}

@@ -9,12 +9,20 @@ all-MiniLM-L6-v2 has none, and `distill` is the regulariser that works for any m
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, find_blocks, hookimpl, mask_tokens, mlm_loss, pretrained_mlm_head
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    hookimpl,
+    mask_tokens,
+    mlm_loss,
+    on_last_block_output,
+    pretrained_mlm_head,
+)
 
 MODEL_INPUTS = ("attention_mask", "token_type_ids", "position_ids")
 
@@ -54,11 +62,11 @@ class AuxiliaryMLM:
                 f"methods.mlm: {run.recipe.model.name} was saved without a masked-LM head ({', '.join(saved)}), so "
                 "there is no pretraining loss to keep; use a BERT-like checkpoint that has one, or [methods.distill]"
             )
-        find_blocks(run.model)[1][-1].register_forward_hook(self._capture)
+        on_last_block_output(run.model, self._capture)
 
-    def _capture(self, module: Any, args: Any, output: Any) -> None:
+    def _capture(self, block: torch.nn.Module, hidden: torch.Tensor) -> None:
         if self.masking:
-            self.hidden = output[0] if isinstance(output, tuple) else output
+            self.hidden = hidden
 
     @hookimpl
     def adapt_loss_terms(self, run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
