@@ -221,10 +221,12 @@ def _load(args: argparse.Namespace, saved: bool = False):
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from adapt.recipe import output_override
+
     saved = Path(args.recipe).is_dir()
     if saved:  # a run directory: its recipe as run, and the folder as it is named now
         args.recipe = str(Path(args.recipe) / "recipe.toml")
-        args.overrides = [f"output.dir={json.dumps(str(Path(args.recipe).parent))}", *args.overrides]
+        args.overrides = [output_override(Path(args.recipe).parent), *args.overrides]
     catalogue, recipe = _load(args, saved=saved)
     _quiet_libraries()
     from adapt.trainer import run_recipe
@@ -295,11 +297,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         study = sweep.run(args.trials)
     except Interrupted as exc:
-        stderr.print(
-            Text(f"{exc.message}\nsweep interrupted: run the same command again to continue the study", style="yellow"),
-            soft_wrap=True,
-        )
-        return exc.exit_code
+        again = "sweep interrupted: run the same command again to continue the study"
+        raise Interrupted(exc.signum, f"{exc.message}\n{again}") from exc
     from adapt.sweep import best_trial
 
     if len(study.trials) > SHOWN_WHILE_RUNNING or not sweep.trials_run:  # else the last table showed them all
@@ -365,22 +364,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     catalogue, recipe = _load(args)
     _quiet_libraries()
     folder = Path(args.dir or f"{recipe.output.dir}-compare")
-    comparison = Comparison(args.recipe, key, values, catalogue, folder, overrides=args.overrides)
+    comparison = Comparison(args.recipe, key, values, catalogue, folder, overrides=args.overrides, metric=args.metric)
     try:
         rows = comparison.run()
     except Interrupted as exc:
-        stderr.print(
-            Text(f"{exc.message}\ncomparison interrupted: run the same command again to continue", style="yellow"),
-            soft_wrap=True,
-        )
-        return exc.exit_code
-    metric = comparison.metric(rows, args.metric)
-    comparison.write(rows, metric)
+        again = "comparison interrupted: run the same command again to continue"
+        raise Interrupted(exc.signum, f"{exc.message}\n{again}") from exc
+    metric = comparison.chart_metric(rows)
     names = list(dict.fromkeys(m for r in rows for m in r["eval"]))
     problems = [r for r in rows if r["status"] != "finished"]
     table = RichTable(title=f"{recipe.source}: {key} compared")
-    for column in (_short_keys([key])[0], *names, "trainable", "train s", "samples/s", "peak MiB"):
-        table.add_column(column, justify="left" if column == _short_keys([key])[0] else "right", overflow="fold")
+    title = _short_keys([key])[0]
+    for column in (title, *names, "trainable", "train s", "samples/s", "peak MiB"):
+        table.add_column(column, justify="left" if column == title else "right", overflow="fold")
     if problems:
         table.add_column("status", overflow="fold")
     for row in rows:

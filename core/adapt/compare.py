@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from adapt.errors import RecipeError
 from adapt.interrupts import Interrupted
 from adapt.io import atomic_write_json
 from adapt.manager import Catalogue
-from adapt.recipe import load_recipe, parse_value
+from adapt.recipe import load_recipe, output_override, parse_value
 from adapt.rundir import FINISHED, describe_stop, is_run, run_status
 
 
@@ -68,6 +67,8 @@ class Comparison:
     catalogue: Catalogue
     folder: Path
     overrides: list[str] = field(default_factory=list)
+    #: The eval metric compare.png shows (default: the head's first).
+    metric: str | None = None
 
     def recipes(self) -> list[Any]:
         """Every value's recipe, validated before the first run starts (all problems at once)."""
@@ -79,7 +80,7 @@ class Comparison:
                     load_recipe(
                         self.recipe_path,
                         self.catalogue.infos,
-                        [*self.overrides, f"output.dir={json.dumps(str(run_dir))}"],
+                        [*self.overrides, output_override(run_dir)],
                         broken=self.catalogue.broken,
                         values={self.key: value},
                     )
@@ -90,7 +91,7 @@ class Comparison:
             raise RecipeError(self.recipe_path, problems)
         return recipes
 
-    def run(self, on_result: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    def run(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for value, recipe in zip(self.values, self.recipes(), strict=True):
             run_dir = Path(recipe.output.dir)
@@ -113,18 +114,16 @@ class Comparison:
                 row.update(status="failed", error=describe_stop(run_dir) if is_run(run_dir) else f"exit code {code}")
             rows.append(row)
             self.write(rows)
-            if on_result is not None:
-                on_result(rows)
         return rows
 
     def _train(self, value: Any, run_dir: Path) -> int:
         """`adapt run` for one value, in a process of its own; returns its exit code. Ctrl-C reaches it from
         the terminal; a SIGTERM sent to this process is passed on, so that it checkpoints and stops."""
-        sets = [*self.overrides, f"output.dir={json.dumps(str(run_dir))}", f"{self.key}={toml_value(value)}"]
+        sets = [*self.overrides, output_override(run_dir), f"{self.key}={toml_value(value)}"]
         command = [sys.executable, "-m", "adapt.cli", "run", self.recipe_path]
         command += [arg for item in sets for arg in ("--set", item)]
         if is_run(run_dir):
-            command.append("--resume")  # a finished run is left as it is; an interrupted one continues
+            command.append("--resume")  # an interrupted run continues from its checkpoint
         child = subprocess.Popen(command)
 
         def forward(signum: int, frame: Any) -> None:
@@ -138,19 +137,19 @@ class Comparison:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def metric(self, rows: list[dict[str, Any]], wanted: str | None) -> str | None:
-        """The metric the chart shows: the one asked for, else the head's first."""
-        if wanted is not None:
-            return wanted
+    def chart_metric(self, rows: list[dict[str, Any]]) -> str | None:
+        """The metric the chart shows: the one asked for, else the head's first (None before any result)."""
+        if self.metric is not None:
+            return self.metric
         return next((next(iter(r["eval"])) for r in rows if r["eval"]), None)
 
-    def write(self, rows: list[dict[str, Any]], metric: str | None = None) -> None:
+    def write(self, rows: list[dict[str, Any]]) -> None:
         from adapt.charts import compare_chart
 
         atomic_write_json(self.folder / "compare.json", {"key": self.key, "runs": rows})
-        chosen = self.metric(rows, metric)
-        if chosen is not None:
-            compare_chart(rows, self.key, chosen, self.folder / "compare.png")
+        metric = self.chart_metric(rows)
+        if metric is not None:
+            compare_chart(rows, self.key, metric, self.folder / "compare.png")
 
 
 def _from_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -138,6 +138,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], problems: lis
         set_key(raw, key.strip(), parse_value(value.strip()), problems, label=f"--set {item!r}")
 
 
+def output_override(folder: str | Path) -> str:
+    """The `--set` item that puts a run in `folder` (quoted, so any path reads back as a string)."""
+    return f"output.dir={json.dumps(str(folder))}"
+
+
 def set_key(raw: dict[str, Any], key: str, value: Any, problems: list[str], label: str) -> None:
     """Set the dotted `key` ("methods.lora.r") of a raw recipe to `value`, creating tables on the way."""
     parts = key.split(".")

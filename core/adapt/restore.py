@@ -57,7 +57,7 @@ def open_run(
     `splits` as for `start_run`: "eval" loads the recipe's eval split, None no data at all. A recipe naming
     `data.preprocess` (code, which a copied run directory brings with it) is refused unless `trust_preprocess`."""
     from adapt.build import restore_model, start_run
-    from adapt.recipe import load_recipe
+    from adapt.recipe import load_recipe, output_override
     from adapt.report import show_notes
     from adapt.rundir import describe_stop, has_trained_model
 
@@ -70,7 +70,7 @@ def open_run(
             f"saved; continue it with `adapt run {run_dir} --resume`"
         )
     missing_plugins(run_dir, catalogue)
-    fixed = [f"output.dir={json.dumps(str(run_dir))}"]
+    fixed = [output_override(run_dir)]
     notes: list[str] = []
     recipe = load_recipe(
         recipe_file,

@@ -9,7 +9,6 @@ checkpoint), and several `adapt sweep` processes, on one machine or several, wor
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +22,7 @@ from adapt.errors import AdaptError
 from adapt.interrupts import Interrupted
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.manager import Catalogue
-from adapt.recipe import load_recipe, recipe_data
+from adapt.recipe import load_recipe, output_override, recipe_data
 from adapt.rundir import LATEST, in_use, run_status
 from adapt.space import Space
 from adapt.types import PluginInfo, Run
@@ -142,7 +141,7 @@ class Sweep:
             recipe = load_recipe(
                 self.recipe_path,
                 catalogue.infos,
-                [*self.overrides, f"output.dir={json.dumps(str(run_dir))}"],
+                [*self.overrides, output_override(run_dir)],
                 broken=catalogue.broken,
                 values=values,
             )
