@@ -6,7 +6,11 @@ they receive or return, the errors they may raise and the atomic-write helpers.
 
 from __future__ import annotations
 
-import pluggy
+import time
+
+IMPORTED_AT = time.perf_counter()  # the start of a command, for summary.json's seconds to the first step
+
+import pluggy  # noqa: E402
 
 hookimpl = pluggy.HookimplMarker("adapt")
 

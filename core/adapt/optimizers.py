@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class AdamWOptions(Table):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
-    #: The fused kernel: by default on CUDA; on a CPU torch's default loop (fused gives other last bits).
+    #: torch's fused kernel (one pass over all parameters), the default on CUDA and CPU; false: the per-tensor loop.
     fused: bool | None = None
 
 
@@ -63,7 +63,7 @@ def build_optimizer(run: Run, param_groups: list[dict[str, Any]]) -> torch.optim
     common = {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay}
     device = run.accelerator.device
     if cfg.optimizer == "adamw":
-        fused = options.fused if options.fused is not None else device.type == "cuda"
+        fused = options.fused if options.fused is not None else device.type in ("cuda", "cpu")
         return torch.optim.AdamW(param_groups, betas=options.betas, eps=options.eps, fused=fused or None, **common)
     if cfg.optimizer == "adafactor":
         if not hasattr(torch.optim, "Adafactor"):  # the requirement admits torch 2.4, which has none

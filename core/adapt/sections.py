@@ -105,6 +105,12 @@ class TrainSection(Table):
     #: Recompute each block's activations in the backward pass instead of keeping them (non-reentrant
     #: activation checkpointing): less memory for about a third more compute.
     gradient_checkpointing: bool = False
+    #: On a CPU: dropout masks from a fast generator seeded by torch's (the same rate, other random numbers
+    #: than torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster.
+    fast_dropout: bool = True
+    #: On Linux: freed memory stays in the process for the next step instead of going back to the OS to be
+    #: faulted in again (glibc mallopt); faster CPU steps, and resident memory stays at its peak.
+    keep_freed_memory: bool = True
     #: Write a checkpoint every N optimizer steps (default: every eval, else every 500 steps), plus one at each
     #: epoch end and one when SIGINT/SIGTERM stops the run.
     checkpoint_every: int | None = Field(default=None, ge=1)

@@ -7,6 +7,7 @@ as the run that was not interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -22,6 +23,7 @@ from adapt.autobatch import largest_that_runs, start_size, with_batch
 from adapt.batching import LengthGroupedBatches, padding_efficiency
 from adapt.build import build_model, encode, start_run, token_lengths
 from adapt.checkpoint import Checkpointer
+from adapt.cpu_speed import fast_dropout, keep_freed_memory
 from adapt.errors import AdaptError
 from adapt.evaluation import Evaluator
 from adapt.hooks import Hooks
@@ -33,6 +35,7 @@ from adapt.recipe import Recipe
 from adapt.report import MemoryProbe, run_summary, show_notes
 from adapt.resume import check_resumable
 from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
+from adapt.throughput import StepFlops, throughput_summary
 from adapt.types import Run
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -119,6 +122,8 @@ def _train(
     import tomli_w
 
     run, hooks = start_run(recipe, catalogue)
+    if recipe.train.keep_freed_memory and run.accelerator.device.type == "cpu":
+        keep_freed_memory()  # before the memory baseline, so the measured peak is this run's alone
     encode(run, hooks)
     plan = plan_before_loading(run, catalogue, ignore_plan)
     check_free_space(run, plan)
@@ -271,6 +276,9 @@ class TrainingLoop:
         self.epoch_started = 0.0  # train-clock reading when the current epoch began
         self.batches_in_epoch = 0  # micro-batches of the current epoch consumed (the data position)
         self.padding_efficiency = 1.0
+        self.mean_length = 0.0  # real tokens per training example
+        self.first_step_seconds: float | None = None  # from the command's start (adapt's import) to training
+        self.flops = StepFlops()
         self.clock = _TrainClock()
         self.window = _LogWindow(run.accelerator.device)
         cfg = run.recipe.train
@@ -291,6 +299,7 @@ class TrainingLoop:
             group_by_length=cfg.group_by_length,
         )
         self.padding_efficiency = padding_efficiency(train_lengths, sampler.batches())
+        self.mean_length = sum(train_lengths) / max(len(train_lengths), 1)
         self.evaluator = Evaluator(
             run, self.hooks, run.encoded["eval"], collate, cfg.eval_batch_size or 2 * cfg.batch_size, cfg.num_workers
         )
@@ -332,8 +341,10 @@ class TrainingLoop:
             hooks.load_checkpoint_state(run=run, states=plugin_states)
         hooks.on_train_start(run=run)
         self.stop.graceful = True
+        faster = cfg.fast_dropout and acc.device.type == "cpu"
         try:
-            self._loop()
+            with fast_dropout() if faster else contextlib.nullcontext():
+                self._loop()
             self._finish()
         except BaseException as error:
             error.step = run.step  # type: ignore[attr-defined]
@@ -347,7 +358,12 @@ class TrainingLoop:
     def _loop(self) -> None:
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
         model, optimizer, clock, window, guard = run.model, run.optimizer, self.clock, self.window, self.guard
+        flops = self.flops
         model.train()
+        if self.first_step_seconds is None:
+            import adapt
+
+            self.first_step_seconds = round(time.perf_counter() - adapt.IMPORTED_AT, 2)
         clock.resume()
         while run.step < run.max_steps and run.stop_reason is None:
             self.train_dl.set_epoch(run.epoch)
@@ -359,11 +375,12 @@ class TrainingLoop:
                 loader = acc.skip_first_batches(self.train_dl, self.batches_in_epoch)
             for batch in loader:
                 with acc.accumulate(model):
-                    outputs = model(**batch)
-                    loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
-                    terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
-                    guard.observe(run.step + 1, loss, terms)
-                    acc.backward(loss + sum(terms.values()) if terms else loss)
+                    with flops.first(batch):  # counts the run's first micro-batch only
+                        outputs = model(**batch)
+                        loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
+                        terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
+                        guard.observe(run.step + 1, loss, terms)
+                        acc.backward(loss + sum(terms.values()) if terms else loss)
                     samples = _batch_size(batch) * acc.num_processes
                     window.add(loss, terms, samples)
                     if acc.sync_gradients:
@@ -471,6 +488,15 @@ class TrainingLoop:
         self.window.load(state["log_window"])
         self.guard.load(state["nonfinite"])
 
+    def _throughput(self) -> dict[str, Any]:
+        run, cfg, acc = self.run, self.run.recipe.train, self.run.accelerator
+        cpu = acc.device.type == "cpu"
+        precision = {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision)
+        found = throughput_summary(
+            self.flops, run.samples_seen * self.mean_length, self.clock.total, acc.device, precision, acc.num_processes
+        )
+        return {**found, "fast_dropout": cfg.fast_dropout and cpu, "keep_freed_memory": cfg.keep_freed_memory and cpu}
+
     def stats(self) -> dict[str, Any]:
         run = self.run
         stats = {
@@ -480,6 +506,8 @@ class TrainingLoop:
             "eval_seconds": round(self.evaluator.seconds, 2),
             "train_samples_per_second": round(run.samples_seen / max(self.clock.total, 1e-9), 2),
             "padding_efficiency": round(self.padding_efficiency, 4),
+            "throughput": self._throughput(),
+            "seconds_to_first_step": self.first_step_seconds,
             "checkpoints": self.checkpointer.stats(),
             "nonfinite_skipped_steps": self.guard.skipped,
         }

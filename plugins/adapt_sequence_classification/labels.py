@@ -76,9 +76,14 @@ def check_known_labels(dataset, column: str, labels: list[str], mapping: dict[st
     for name, split in dataset.items():
         if getattr(split.features[column], "names", None):
             continue  # ClassLabel ids: the dataset itself guarantees them
-        for row, value in enumerate(split[column], start=1):
-            if value not in known:
-                raise DataError(
-                    f"task.label_column: the {name} split has label '{value}' in row {row}, which is not one of the "
-                    f"run's classes (those of the training data): {', '.join(labels)}"
-                )
+        import pyarrow.compute as pc
+
+        values = split.with_format("arrow")[column]  # one pass in Arrow, not a Python object per row
+        unknown = [value for value in pc.unique(values).to_pylist() if value not in known]
+        if unknown:
+            value = unknown[0]
+            row = pc.index(values, value).as_py() + 1
+            raise DataError(
+                f"task.label_column: the {name} split has label '{value}' in row {row}, which is not one of the "
+                f"run's classes (those of the training data): {', '.join(labels)}"
+            )

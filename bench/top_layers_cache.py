@@ -1,0 +1,65 @@
+"""top-layers (train the top k blocks and the head) with and without the frozen-prefix cache: seconds per epoch.
+
+HF_HUB_OFFLINE=1 python bench/top_layers_cache.py [--rows 8000] [--epochs 3] [--train-last 2] [--recipe lora-sst2]
+
+Run it from the project root. The recipe's methods are replaced by `[methods.top-layers]` (train_last of
+MiniLM's 6 blocks, the pooler and the classifier train); everything else but the learning rate is the recipe's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import tomllib
+from pathlib import Path
+
+import tomli_w
+from common import run_recipe
+
+
+def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
+    recipe = tomllib.loads((Path("recipes") / f"{args.recipe}.toml").read_text())
+    recipe["methods"] = {"top-layers": {"train_last": args.train_last, "cache": cache, "cache_dtype": dtype}}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recipe-top-layers.toml"
+    path.write_text(tomli_w.dumps(recipe))
+    overrides = {
+        "data.max_train_samples": args.rows,
+        "train.epochs": args.epochs,
+        "train.learning_rate": args.learning_rate,
+        "train.eval_every": 10**9,
+        "plugins.disable": '["progress", "plots", "forgetting"]',
+    }
+    return run_recipe(path, out / "run", overrides)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-last", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--recipe", default="lora-sst2")
+    args = parser.parse_args()
+    cases = [(True, "float16"), (True, "float32"), (False, "float16")]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {case: run(args, *case, Path(tmp) / f"{case[0]}-{case[1]}") for case in cases}
+    print(f"\ntop-layers train_last={args.train_last}, {args.rows} rows, {args.epochs} epochs\n")
+    print("| prefix cache | seconds per epoch | later epochs vs no cache | val accuracy | cache MiB | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    off = results[(False, "float16")]["epoch_seconds"][1:]
+    for cache, dtype in cases:
+        s = results[(cache, dtype)]
+        epochs = " / ".join(f"{x:.1f}" for x in s["epoch_seconds"])
+        stats = s["top-layers"]["cache"]
+        label = f"on, {dtype}" if cache else "off"
+        speed = f"{sum(off) / sum(s['epoch_seconds'][1:]):.2f}x" if cache else "1x"
+        size = f"{stats['mib']:.0f}" if stats else "–"
+        print(
+            f"| {label} | {epochs} | {speed} | {s['eval']['accuracy']:.4f} | {size} "
+            f"| {s['memory']['peak_rss_mib']:,.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
