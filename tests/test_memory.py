@@ -71,8 +71,33 @@ def test_out_of_memory_is_one_message_with_what_would_fit(tiny_recipe, monkeypat
     message = str(info.value)
     assert message.startswith("out of memory on cpu during optimizer step 4 (batches of 16, up to 32 tokens)")
     assert "Tried to allocate 2.00 GiB" in message and "the last checkpoint is step-2" in message
+    # the plan had said it fits: the message says so, and what the plan does not count
+    assert "The memory plan estimated 0.0 GiB of the" in message and "what it does not count" in message
     assert "gradient_checkpointing" not in message  # already on
     assert (
         'train.optimizer = "adamw-8bit"' in message
         and "train.batch_size = 8 with train.grad_accum_steps = 2" in message
     )
+
+
+def test_out_of_memory_over_the_plan_gives_the_plans_advice(tiny_recipe, monkeypatch):
+    """Run past a plan that did not fit (--ignore-plan): the message carries the plan's tips, each with its total."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from adapt.manager import Catalogue
+    from adapt.plan import make_plan, parse_device
+    from adapt.recipe import load_recipe
+    from adapt.trainer import out_of_memory_advice
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    catalogue = Catalogue.discover()
+    recipe = load_recipe(tiny_recipe(methods={"full": {}}), catalogue.infos)
+    plan = make_plan(recipe, catalogue, parse_device("0.0015GiB"))
+    assert plan.fits is False
+    run = SimpleNamespace(recipe=recipe, accelerator=SimpleNamespace(device="cuda:0"), step=0)
+    message = out_of_memory_advice(run, torch.OutOfMemoryError("CUDA out of memory."), None, plan)
+    assert "The memory plan estimated" in message and "over it (the run went on anyway)" in message
+    tip = next(t for t in plan.advice() if t.startswith("train.gradient_checkpointing = true: "))
+    assert tip in message and "a shorter data.max_length (now 32)" in message

@@ -139,7 +139,7 @@ def _train(
     recipe = run.recipe
     if run.is_main_process:
         atomic_write_text(run.output_dir / "recipe.toml", tomli_w.dumps(recipe.to_dict()))
-    loop = TrainingLoop(run, hooks, stop)
+    loop = TrainingLoop(run, hooks, stop, plan)
     loop.train(claim.checkpoint)  # calls adapt_on_train_error itself when training, evaluating or saving fails
     try:
         summary = run_summary(run, loop.stats(), param_counts, hooks.summary(run=run), probe)
@@ -227,11 +227,25 @@ def _write_summary(run: Run, directory: RunDirectory | None, summary: dict[str, 
         directory.finish()
 
 
-def out_of_memory_advice(run: Run, error: BaseException, checkpoint_step: int | None) -> str:
-    """One message for an out-of-memory error: where, and what would make the run fit, cheapest first,
+def out_of_memory_advice(run: Run, error: BaseException, checkpoint_step: int | None, plan=None) -> str:
+    """One message for an out-of-memory error: where, what the memory plan expected, and what would make the
+    run fit, cheapest first (the plan's own advice, with its totals, when it had said the run would not fit),
     leaving out what the recipe already does."""
     cfg, methods = run.recipe.train, run.recipe.methods
-    advice = []
+    expected = ""
+    if plan is not None and plan.capacity:
+        needed, capacity = plan.needed / 2**30, plan.capacity / 2**30
+        expected = f" The memory plan estimated {needed:.1f} GiB of the {capacity:.1f} GiB of "
+        expected += (
+            f"{plan.device}: over it (the run went on anyway)."
+            if plan.fits is False
+            else f"{plan.device}; the rest went to what it does not count (other processes on the device, "
+            "fragmentation, a plugin's own tensors)."
+        )
+    advice = plan.advice() if plan is not None and plan.fits is False else []
+    if advice:
+        advice.append(f"a shorter data.max_length (now {run.recipe.data.max_length})")
+        return _oom_message(run, error, checkpoint_step, expected, advice)
     if not cfg.gradient_checkpointing:
         advice.append("train.gradient_checkpointing = true (activations recomputed, about a third slower)")
     if "8bit" not in cfg.optimizer:
@@ -245,11 +259,16 @@ def out_of_memory_advice(run: Run, error: BaseException, checkpoint_step: int | 
         "(the same effective batch)"
     )
     advice.append(f"a shorter data.max_length (now {run.recipe.data.max_length})")
+    return _oom_message(run, error, checkpoint_step, expected, advice)
+
+
+def _oom_message(run: Run, error: BaseException, checkpoint_step: int | None, expected: str, advice: list[str]) -> str:
+    cfg = run.recipe.train
     saved = f"; the last checkpoint is step-{checkpoint_step}" if checkpoint_step is not None else ""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (
         f"out of memory on {run.accelerator.device} during optimizer step {run.step + 1} (batches of "
-        f"{cfg.batch_size}, up to {run.recipe.data.max_length} tokens): {first_line}. To fit, try: "
+        f"{cfg.batch_size}, up to {run.recipe.data.max_length} tokens): {first_line}.{expected} To fit, try: "
         + "; ".join(advice)
         + f"{saved} (those changes alter the training, so start again with --set output.overwrite=true)"
     )
@@ -267,8 +286,9 @@ def _batch_size(batch: dict[str, Any]) -> int:
 
 
 class TrainingLoop:
-    def __init__(self, run: Run, hooks: Hooks, stop: StopSignals | None = None):
+    def __init__(self, run: Run, hooks: Hooks, stop: StopSignals | None = None, plan=None):
         self.run = run
+        self.plan = plan  # the memory plan, for the out-of-memory message
         self.hooks = hooks
         self.stop = stop or StopSignals()
         self.final_metrics: dict[str, float] = {}
@@ -350,7 +370,8 @@ class TrainingLoop:
             error.step = run.step  # type: ignore[attr-defined]
             hooks.on_train_error(run=run, error=error)
             if type(error).__name__ == "OutOfMemoryError":
-                raise AdaptError(out_of_memory_advice(run, error, self.checkpointer.last_step)) from error
+                message = out_of_memory_advice(run, error, self.checkpointer.last_step, self.plan)
+                raise AdaptError(message) from error
             raise
         finally:
             self.stop.graceful = False
