@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -22,6 +23,17 @@ def run_recipe(
     summary = json.loads((Path(out) / "summary.json").read_text())
     summary["process_seconds"] = time.perf_counter() - start
     return summary
+
+
+def cpu_model() -> str:
+    """The CPU's model name (every figure is given with it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def publish(intro: str, columns: list[str], rows: list[str], out: Path) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,17 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import publish, run_recipe
+from common import cpu_model, publish, run_recipe
 
 RECIPE = Path("recipes/lora-sst2.toml")
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def run_adapt(rows: int, precision: str, out: Path) -> dict:

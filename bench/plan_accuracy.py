@@ -9,21 +9,10 @@ before the model loads; CUDA: torch.cuda.max_memory_allocated).
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 from pathlib import Path
 
-from common import run_recipe
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from common import cpu_model, run_recipe
 
 
 def main() -> None:

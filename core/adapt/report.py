@@ -98,10 +98,15 @@ def versions() -> dict[str, str]:
     return found
 
 
+def run_precision(accelerator) -> str:
+    """The precision a run computes in ("fp32", "bf16" or "fp16"), as its Accelerator was built."""
+    return {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+
+
 def _precision(run: Run) -> dict[str, str]:
     from adapt.precision import resolve_precision
 
-    chosen = {"no": "fp32"}.get(run.accelerator.mixed_precision, run.accelerator.mixed_precision)
+    chosen = run_precision(run.accelerator)
     return {"precision": chosen, "precision_reason": resolve_precision(run.recipe.train.precision)[1]}
 
 

@@ -32,7 +32,7 @@ from adapt.io import atomic_write_json, atomic_write_text
 from adapt.manager import Catalogue
 from adapt.nonfinite import NonFiniteGuard
 from adapt.recipe import Recipe
-from adapt.report import MemoryProbe, run_summary, show_notes
+from adapt.report import MemoryProbe, run_precision, run_summary, show_notes
 from adapt.resume import check_resumable
 from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
 from adapt.throughput import StepFlops, throughput_summary
@@ -512,9 +512,13 @@ class TrainingLoop:
     def _throughput(self) -> dict[str, Any]:
         run, cfg, acc = self.run, self.run.recipe.train, self.run.accelerator
         cpu = acc.device.type == "cpu"
-        precision = {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision)
         found = throughput_summary(
-            self.flops, run.samples_seen * self.mean_length, self.clock.total, acc.device, precision, acc.num_processes
+            self.flops,
+            run.samples_seen * self.mean_length,
+            self.clock.total,
+            acc.device,
+            run_precision(acc),
+            acc.num_processes,
         )
         return {**found, "fast_dropout": cfg.fast_dropout and cpu, "keep_freed_memory": cfg.keep_freed_memory and cpu}
 
