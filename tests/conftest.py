@@ -1,137 +1,15 @@
-"""Shared fixtures: a tiny BERT built from a config, a learnable toy dataset, and recipe writing."""
+"""Fixtures of the project's own tests. The tiny models, toy data sets, `tiny_recipe` and `run_recipe` come from
+adapt.testing, the pytest plugin that adapt installs for every plugin author."""
 
 from __future__ import annotations
 
 import os
-import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import tomli_w
-
-GOOD = ["good", "great", "fine", "superb", "lovely"]
-BAD = ["bad", "awful", "poor", "dull", "boring"]
-FILLER = [f"w{i}" for i in range(60)]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def toy_rows(n: int, seed: int) -> list[tuple[str, int]]:
-    """Sentences of 2-24 words; label 1 when a positive word appears, 0 when a negative one does."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = rng.choices(FILLER, k=rng.randint(1, 23))
-        words.insert(rng.randrange(len(words) + 1), rng.choice(GOOD if label else BAD))
-        rows.append((" ".join(words), label))
-    return rows
-
-
-def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
-    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
-    return path
-
-
-@pytest.fixture(scope="session")
-def toy():
-    """The toy vocabulary and sentence generator, for test modules (conftest is not importable by them)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(good=GOOD, bad=BAD, filler=FILLER, rows=toy_rows)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer BERT (hidden 32) with a word-level vocabulary, saved like a hub checkpoint."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = {word: i for i, word in enumerate(SPECIALS + GOOD + BAD + FILLER)}
-    BertTokenizer(vocab=vocab).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def toy_data(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("toy-data")
-    return {
-        "train": write_tsv(folder / "train.tsv", toy_rows(192, seed=1)),
-        "eval": write_tsv(folder / "dev.tsv", toy_rows(64, seed=2)),
-    }
-
-
-@pytest.fixture(scope="session")
-def toy_ner(tmp_path_factory) -> dict[str, Path]:
-    """The toy sentences as JSON lines of words and tags: B-POS / B-NEG on the sentiment word, O elsewhere."""
-    import json
-
-    folder = tmp_path_factory.mktemp("toy-ner")
-    paths = {}
-    for split, (n, seed) in {"train": (192, 1), "eval": (64, 2)}.items():
-        lines = []
-        for text, _ in toy_rows(n, seed):
-            words = text.split()
-            tags = ["B-POS" if w in GOOD else "B-NEG" if w in BAD else "O" for w in words]
-            lines.append(json.dumps({"tokens": words, "ner_tags": tags}))
-        paths[split] = folder / f"{split}.jsonl"
-        paths[split].write_text("\n".join(lines) + "\n")
-    return paths
-
-
-def recipe_dict(model_dir: Path, data: dict[str, Path], output: Path) -> dict:
-    return {
-        "model": {"name": str(model_dir)},
-        "data": {"train_file": str(data["train"]), "eval_file": str(data["eval"]), "max_length": 32},
-        "task": {"head": "sequence-classification", "text_column": "sentence", "label_column": "label"},
-        "methods": {"lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}},
-        "train": {
-            "epochs": 2,
-            "batch_size": 16,
-            "learning_rate": 1e-2,
-            "log_every": 2,
-            "seed": 7,
-            "warmup_ratio": 0.0,
-            "precision": "fp32",  # the same arithmetic on every CPU kind ("auto" is bf16 on AMX CPUs)
-        },
-        "output": {"dir": str(output)},
-        # curves.png costs about a second of matplotlib per run, more than a tiny run trains; the tests that
-        # look at it enable the plugin again (plugins.disable = [])
-        "plugins": {"disable": ["plots"]},
-    }
-
-
-@pytest.fixture
-def tiny_recipe(tmp_path, tiny_model_dir, toy_data):
-    """Write a recipe for the tiny model and return its path. `changes` are merged per table, except
-    `methods` and a `task` naming another head, which replace the recipe's."""
-
-    def write(name: str = "recipe.toml", **changes: dict) -> Path:
-        recipe = recipe_dict(tiny_model_dir, toy_data, tmp_path / "run")
-        for table, values in changes.items():
-            if table == "methods" or (
-                table == "task" and values.get("head", recipe["task"]["head"]) != recipe["task"]["head"]
-            ):
-                recipe[table] = values
-            else:
-                recipe.setdefault(table, {}).update(values)
-        path = tmp_path / name
-        path.write_text(tomli_w.dumps(recipe))
-        return path
-
-    return write
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +28,31 @@ def install_fixture(tmp_path_factory):
         return installed[name]
 
     return install
+
+
+@pytest.fixture
+def passes_own_tests(tmp_path):
+    """pip-install plugin packages from their folders into one site of their own (from copies: a build leaves nothing
+    in the source) and run their tests in one fresh interpreter that sees them; returns {test file: passed}."""
+
+    def check(*packages: Path) -> dict[str, int]:
+        site = tmp_path / "site"
+        copies = [Path(shutil.copytree(package, tmp_path / "copies" / package.name)) for package in packages]
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target"]
+        subprocess.run([*pip, str(site), *map(str, copies)], check=True, capture_output=True)
+        env = {**os.environ, "PYTHONPATH": str(site), "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "0"}
+        command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--import-mode=importlib"]
+        command += [str(c / "tests") for c in copies]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        passed: dict[str, int] = {}
+        for line in result.stdout.splitlines():
+            if " PASSED" in line:
+                test_file = Path(line.split("::")[0]).name
+                passed[test_file] = passed.get(test_file, 0) + 1
+        return passed
+
+    return check
 
 
 def run_adapt(*args: str, env: dict | None = None, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

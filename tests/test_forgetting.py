@@ -113,7 +113,7 @@ def test_a_resumed_run_measures_against_the_model_it_started_from(tiny_recipe, t
 
 
 @pytest.fixture(scope="module")
-def tiny_mlm_dir(tmp_path_factory, tiny_model_dir):
+def tiny_mlm_dir(tmp_path_factory, tiny_bert_dir):
     """The tiny BERT saved with a masked-LM head (as bert-base-uncased is), its tokenizer alike."""
     import shutil
 
@@ -122,8 +122,8 @@ def tiny_mlm_dir(tmp_path_factory, tiny_model_dir):
 
     folder = tmp_path_factory.mktemp("tiny-mlm")
     torch.manual_seed(0)
-    BertForMaskedLM(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(folder)
-    for file in tiny_model_dir.iterdir():
+    BertForMaskedLM(BertConfig.from_pretrained(tiny_bert_dir)).save_pretrained(folder)
+    for file in tiny_bert_dir.iterdir():
         if "token" in file.name or file.name == "vocab.txt":
             shutil.copy(file, folder / file.name)
     return folder

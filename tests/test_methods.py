@@ -26,7 +26,7 @@ def assert_restores_identical_logits(run, restore_tiny, sample_batch, run_dir, *
 
 
 def test_full_trains_every_parameter_and_saves_a_standalone_model(
-    train_tiny, restore_tiny, sample_batch, tiny_model_dir, tmp_path
+    train_tiny, restore_tiny, sample_batch, tiny_bert_dir, tmp_path
 ):
     run, before, summary = train_tiny(methods={"full": {}}, train={"epochs": 1, "learning_rate": 1e-3})
     changed, unchanged = split_by_change(run.unwrapped_model, before)
@@ -60,13 +60,13 @@ def test_head_only_serves_cached_features_after_the_first_epoch(tiny_recipe, tmp
     assert stats == {"feature_cache": True, "examples": 256, "mib": stats["mib"], "hits": 384, "misses": 256}
 
 
-def test_cached_features_equal_the_backbone_outputs_whatever_the_padding(tiny_model_dir):
+def test_cached_features_equal_the_backbone_outputs_whatever_the_padding(tiny_bert_dir):
     from transformers import AutoTokenizer, BertModel
 
     from adapt_head_only.cache import FeatureCache
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    backbone = BertModel.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    backbone = BertModel.from_pretrained(tiny_bert_dir).eval()
     texts = ["w1 good w2", "lovely", "w5 w6 w7 dull w8 w9 w10 w11"]
     short = dict(tokenizer(texts[:2], padding=True, return_tensors="pt"))
     longer = dict(tokenizer(texts, padding=True, return_tensors="pt"))

@@ -37,14 +37,14 @@ def test_planned_optimizer_state_is_what_the_optimizer_keeps(optimizer, options,
     assert state_bytes(optimizer, options, params) == _state_bytes(run.optimizer.optimizer)
 
 
-def test_activations_counted_on_meta_are_those_saved_on_a_real_model(tiny_model_dir):
+def test_activations_counted_on_meta_are_those_saved_on_a_real_model(tiny_bert_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from adapt.footprint import saved_activations
 
     def build(device: str):
-        config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=2)
+        config = AutoConfig.from_pretrained(tiny_bert_dir, num_labels=2)
         with torch.device(device):
             model = AutoModelForSequenceClassification.from_config(config)
         lora = LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS", lora_dropout=0.1)
@@ -62,7 +62,7 @@ def test_activations_counted_on_meta_are_those_saved_on_a_real_model(tiny_model_
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_path, tiny_model_dir):
+def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_path, tiny_bert_dir):
     """The plan's weight bytes for a quantised base equal the loaded model's parameters and buffers."""
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
@@ -77,7 +77,7 @@ def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_pat
             load_in_4bit=True, bnb_4bit_use_double_quant=True, llm_int8_skip_modules=["classifier"]
         )
     loader = AutoModelForSequenceClassification.from_pretrained
-    real = loader(tiny_model_dir, num_labels=2, quantization_config=config, device_map={"": "cpu"})
+    real = loader(tiny_bert_dir, num_labels=2, quantization_config=config, device_map={"": "cpu"})
     stored = sum(p.numel() * p.element_size() for p in real.parameters())
     stored += sum(b.numel() * b.element_size() for b in real.buffers())
     for module in real.modules():  # the scales bitsandbytes keeps beside the weight, not as parameters
@@ -91,9 +91,9 @@ def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_pat
     from transformers import AutoConfig
 
     def load_config(**kwargs):
-        return AutoConfig.from_pretrained(tiny_model_dir, **kwargs)
+        return AutoConfig.from_pretrained(tiny_bert_dir, **kwargs)
 
-    meta = build_on_meta(loader, str(tiny_model_dir), {"num_labels": 2, "quantization_config": config}, load_config)
+    meta = build_on_meta(loader, str(tiny_bert_dir), {"num_labels": 2, "quantization_config": config}, load_config)
     planned = weight_bytes(meta, config, skip=["classifier"]).total
     assert planned == pytest.approx(stored, rel=0.02)
 

@@ -55,7 +55,7 @@ def test_run_writes_the_run_directory(tiny_recipe, tmp_path, capsys):
     version = summary["versions"]["adapt"]
     assert summary["plugins"]["lora"] == {
         "kind": "method",
-        "distribution": "adapt",
+        "distribution": "adapt-peft",
         "version": version,
         "origin": "built-in",
     }
@@ -86,14 +86,14 @@ def test_lora_trains_adapters_and_head_and_freezes_the_rest(train_tiny):
     assert any("embeddings" in n for n in frozen)
 
 
-def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(train_tiny, sample_batch, tiny_model_dir, tmp_path):
+def test_adapter_reloads_with_plain_peft_and_gives_identical_logits(train_tiny, sample_batch, tiny_bert_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
     run, _, _ = train_tiny()
     batch = sample_batch(run.tokenizer)
     trained = run.unwrapped_model.eval()
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
     reloaded = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
     with torch.inference_mode():
         expected = trained(**batch).logits
@@ -127,7 +127,7 @@ def test_max_steps_and_bf16_autocast(tiny_recipe, tmp_path):
     assert summary["steps"] == 3 and summary["precision"] == "bf16"
 
 
-def test_same_recipe_runs_data_parallel_on_two_processes(tiny_recipe, tiny_model_dir, toy_data, tmp_path, adapt_cli):
+def test_same_recipe_runs_data_parallel_on_two_processes(tiny_recipe, tiny_bert_dir, toy_data, tmp_path, adapt_cli):
     """torchrun + Accelerate (gloo on CPU): each process takes half the batches; the eval metrics count
     every example once although 3 eval batches do not split evenly over 2 processes."""
     import os
@@ -152,8 +152,8 @@ def test_same_recipe_runs_data_parallel_on_two_processes(tiny_recipe, tiny_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     rows = [line.split("\t") for line in toy_data["eval"].read_text().splitlines()[1:41]]
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
     model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
     with torch.inference_mode():
         logits = model(**tokenizer([r[0] for r in rows], padding=True, return_tensors="pt")).logits

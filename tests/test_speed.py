@@ -43,12 +43,12 @@ def _loss_and_grads(model, batch, autocast: bool = False):
     return out.logits.detach().float(), grads
 
 
-def test_fused_lora_layers_give_peft_outputs_and_gradients(tiny_model_dir, sample_batch):
+def test_fused_lora_layers_give_peft_outputs_and_gradients(tiny_bert_dir, sample_batch):
     from transformers import AutoTokenizer
 
-    (plain, _), (fused, count) = _lora_pair(tiny_model_dir)
+    (plain, _), (fused, count) = _lora_pair(tiny_bert_dir)
     assert count == 2 * 6 + 1  # query, key, value and the three "dense" of each of 2 layers, and the pooler's
-    batch = sample_batch(AutoTokenizer.from_pretrained(tiny_model_dir))
+    batch = sample_batch(AutoTokenizer.from_pretrained(tiny_bert_dir))
     batch["labels"] = torch.tensor([1, 0, 1, 0])
     logits, grads = _loss_and_grads(plain, batch)
     fused_logits, fused_grads = _loss_and_grads(fused, batch)
@@ -65,11 +65,11 @@ def test_fused_lora_layers_give_peft_outputs_and_gradients(tiny_model_dir, sampl
         assert torch.nn.functional.cosine_similarity(fused_grads[name].flatten(), grads[name].flatten(), 0) > 0.98
 
 
-def test_a_trained_base_bias_keeps_pefts_gradients(tiny_model_dir, sample_batch):
+def test_a_trained_base_bias_keeps_pefts_gradients(tiny_bert_dir, sample_batch):
     from transformers import AutoTokenizer
 
-    (plain, _), (fused, _) = _lora_pair(tiny_model_dir, bias="all")
-    batch = sample_batch(AutoTokenizer.from_pretrained(tiny_model_dir))
+    (plain, _), (fused, _) = _lora_pair(tiny_bert_dir, bias="all")
+    batch = sample_batch(AutoTokenizer.from_pretrained(tiny_bert_dir))
     batch["labels"] = torch.tensor([1, 0, 1, 0])
     _, grads = _loss_and_grads(plain, batch)
     _, fused_grads = _loss_and_grads(fused, batch)
@@ -79,16 +79,16 @@ def test_a_trained_base_bias_keeps_pefts_gradients(tiny_model_dir, sample_batch)
         torch.testing.assert_close(fused_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_layers_with_lora_dropout_keep_pefts_forward(tiny_model_dir):
-    (_, _), (_, count) = _lora_pair(tiny_model_dir, lora_dropout=0.1)
+def test_layers_with_lora_dropout_keep_pefts_forward(tiny_bert_dir):
+    (_, _), (_, count) = _lora_pair(tiny_bert_dir, lora_dropout=0.1)
     assert count == 0
 
 
-def test_a_disabled_adapter_falls_back_to_the_base_model(tiny_model_dir, sample_batch):
+def test_a_disabled_adapter_falls_back_to_the_base_model(tiny_bert_dir, sample_batch):
     from transformers import AutoTokenizer
 
-    (plain, _), (fused, _) = _lora_pair(tiny_model_dir)
-    batch = sample_batch(AutoTokenizer.from_pretrained(tiny_model_dir))
+    (plain, _), (fused, _) = _lora_pair(tiny_bert_dir)
+    batch = sample_batch(AutoTokenizer.from_pretrained(tiny_bert_dir))
     for model in (plain, fused):
         model.eval()
     with plain.disable_adapter(), fused.disable_adapter(), torch.no_grad():

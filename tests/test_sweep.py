@@ -213,21 +213,21 @@ def test_grid_space_enumerates_steps():
     assert Range(low=0.1, high=0.3, step=0.1).grid() == [0.1, 0.2, 0.3]
 
 
-def test_compare_runs_each_value_and_reuses_finished_runs(tiny_recipe, tiny_model_dir, tmp_path, adapt_cli):
+def test_compare_runs_each_value_and_reuses_finished_runs(tiny_recipe, tiny_bert_dir, tmp_path, adapt_cli):
     import torch
     from transformers import BertConfig, BertModel
 
     other = tmp_path / "tiny-wide"
-    config = BertConfig.from_pretrained(tiny_model_dir)
+    config = BertConfig.from_pretrained(tiny_bert_dir)
     config.hidden_size, config.intermediate_size = 48, 96
     torch.manual_seed(1)
     BertModel(config).save_pretrained(other)
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny_model_dir / name).is_file():
-            (other / name).write_bytes((tiny_model_dir / name).read_bytes())
+        if (tiny_bert_dir / name).is_file():
+            (other / name).write_bytes((tiny_bert_dir / name).read_bytes())
     recipe = tiny_recipe()
     missing = tmp_path / "no-such-model"
-    values = f"model.name={tiny_model_dir},{other},{missing}"
+    values = f"model.name={tiny_bert_dir},{other},{missing}"
     args = ["compare", str(recipe), "--vary", values, "--dir", str(tmp_path / "cmp")]
     first = adapt_cli(*args, env={"COLUMNS": "300"})
     assert first.returncode == 0, first.stderr[-3000:]  # one value failing does not stop the others

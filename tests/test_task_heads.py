@@ -4,7 +4,6 @@ learns, prompt masking, and predict / export round trips."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from adapt.cli import main
+from adapt.testing import multi_label_rows, write_jsonl
 from adapt_causal_lm.encode import CausalCollator, chat_example, encode_batch, join
 from adapt_causal_lm.metrics import PerplexityMetrics
 from adapt_multi_label.metrics import MultiLabelMetrics
@@ -23,11 +23,6 @@ LEARN = {"epochs": 20, "learning_rate": 3e-3}  # full fine-tuning of the tiny BE
 @pytest.fixture(autouse=True)
 def builtins_only(monkeypatch):
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def train_losses(run_dir: Path) -> list[float]:
@@ -52,22 +47,9 @@ def test_regression_metrics_by_hand_across_two_processes():
     assert ranks(torch.tensor([[3.0], [1.0], [3.0], [2.0]])).flatten().tolist() == [3.5, 1.0, 3.5, 2.0]
 
 
-@pytest.fixture
-def regression_data(tmp_path, toy) -> dict[str, Path]:
-    """Two targets per sentence: its sentiment (0/1) and its length in tens of words."""
-
-    def rows(n, seed):
-        return [{"text": t, "sentiment": float(y), "length": len(t.split()) / 10} for t, y in toy.rows(n, seed)]
-
-    return {
-        "train": write_jsonl(tmp_path / "r-train.jsonl", rows(192, 1)),
-        "eval": write_jsonl(tmp_path / "r-dev.jsonl", rows(64, 2)),
-    }
-
-
-def test_regression_learns_two_targets_and_predicts_them(tiny_recipe, regression_data, tmp_path, capsys):
+def test_regression_learns_two_targets_and_predicts_them(tiny_recipe, toy_regression, tmp_path, capsys):
     recipe = tiny_recipe(
-        data={"train_file": str(regression_data["train"]), "eval_file": str(regression_data["eval"])},
+        data={"train_file": str(toy_regression["train"]), "eval_file": str(toy_regression["eval"])},
         task={"head": "regression", "text_column": "text", "target_columns": ["sentiment", "length"]},
         methods={"full": {}},
         train=LEARN,
@@ -85,9 +67,9 @@ def test_regression_learns_two_targets_and_predicts_them(tiny_recipe, regression
     assert prediction["length"] == pytest.approx(1.0, abs=0.25)
 
 
-def test_regression_names_a_column_that_is_not_numeric(tiny_recipe, regression_data, adapt_cli):
+def test_regression_names_a_column_that_is_not_numeric(tiny_recipe, toy_regression, adapt_cli):
     recipe = tiny_recipe(
-        data={"train_file": str(regression_data["train"]), "eval_file": str(regression_data["eval"])},
+        data={"train_file": str(toy_regression["train"]), "eval_file": str(toy_regression["eval"])},
         task={"head": "regression", "text_column": "text", "target_columns": ["text"]},
         methods={"full": {}},
     )
@@ -115,24 +97,9 @@ def test_multi_label_metrics_by_hand():
     assert result["loss"] == pytest.approx(expected_loss)
 
 
-def multi_label_rows(toy, n: int, seed: int) -> list[dict]:
-    """Labels "good" (a positive word is in the sentence) and "long" (more than 5 words): both, either or none."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        good, long = i % 2, i // 2 % 2
-        words = rng.choices(toy.filler, k=rng.randint(6, 10) if long else rng.randint(1, 4))
-        if good:
-            words[rng.randrange(len(words))] = rng.choice(toy.good)
-        rows.append({"text": " ".join(words), "tags": [name for name, bit in (("good", good), ("long", long)) if bit]})
-    return rows
-
-
-def test_multi_label_learns_and_predicts_at_the_threshold(tiny_recipe, tmp_path, capsys, toy):
-    train = write_jsonl(tmp_path / "m-train.jsonl", multi_label_rows(toy, 192, 1))
-    dev = write_jsonl(tmp_path / "m-dev.jsonl", multi_label_rows(toy, 64, 2))
+def test_multi_label_learns_and_predicts_at_the_threshold(tiny_recipe, tmp_path, capsys, toy_multi_label):
     recipe = tiny_recipe(
-        data={"train_file": str(train), "eval_file": str(dev)},
+        data={"train_file": str(toy_multi_label["train"]), "eval_file": str(toy_multi_label["eval"])},
         task={"head": "multi-label", "text_column": "text", "label_column": "tags", "threshold": 0.5},
         methods={"full": {}},
         train=LEARN,
@@ -154,12 +121,12 @@ def test_multi_label_learns_and_predicts_at_the_threshold(tiny_recipe, tmp_path,
     assert set(both["scores"]) == {"good", "long"}
 
 
-def test_multi_label_reads_one_column_per_label(tiny_recipe, tmp_path, capsys, toy):
+def test_multi_label_reads_one_column_per_label(tiny_recipe, tmp_path, capsys):
     def flat(rows):
         return [{"text": r["text"], "good": int("good" in r["tags"]), "long": int("long" in r["tags"])} for r in rows]
 
-    train = write_jsonl(tmp_path / "c-train.jsonl", flat(multi_label_rows(toy, 64, 1)))
-    dev = write_jsonl(tmp_path / "c-dev.jsonl", flat(multi_label_rows(toy, 16, 2)))
+    train = write_jsonl(tmp_path / "c-train.jsonl", flat(multi_label_rows(64, 1)))
+    dev = write_jsonl(tmp_path / "c-dev.jsonl", flat(multi_label_rows(16, 2)))
     recipe = tiny_recipe(
         data={"train_file": str(train), "eval_file": str(dev)},
         task={"head": "multi-label", "text_column": "text", "label_columns": ["long", "good"]},
@@ -174,50 +141,6 @@ def test_multi_label_reads_one_column_per_label(tiny_recipe, tmp_path, capsys, t
 
 
 # --- causal LM --------------------------------------------------------------------------------------------
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
-    "{% if add_generation_prompt %}<assistant> {% endif %}"
-)
-
-
-@pytest.fixture(scope="session")
-def tiny_gpt2_dir(tmp_path_factory, toy) -> Path:
-    """A 2-layer GPT-2 (hidden 32) with a word-level tokenizer that has a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    words = ["<pad>", "<unk>", "<s>", "</s>", "<user>", "<assistant>", "Sentiment:", "positive", "negative"]
-    vocab = {w: i for i, w in enumerate(words + toy.good + toy.bad + toy.filler)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    # embeddings (tied to the output layer) large enough that a frozen one can still give confident logits
-    config = GPT2Config(
-        vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=2, eos_token_id=3,
-        initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def sft_data(tmp_path, toy) -> dict[str, Path]:
-    def rows(n, seed):
-        return [
-            {"prompt": f"{t} Sentiment:", "response": "positive" if y else "negative"} for t, y in toy.rows(n, seed)
-        ]
-
-    return {
-        "train": write_jsonl(tmp_path / "s-train.jsonl", rows(192, 1)),
-        "eval": write_jsonl(tmp_path / "s-dev.jsonl", rows(32, 2)),
-    }
 
 
 def test_prompt_tokens_carry_label_minus_100(tiny_gpt2_dir):
@@ -280,10 +203,10 @@ def test_perplexity_counts_only_response_tokens():
     ],
     ids=["lora", "adapters"],
 )
-def test_causal_lm_learns_responses_and_generates_them(tiny_recipe, tiny_gpt2_dir, sft_data, tmp_path, capsys, methods):
+def test_causal_lm_learns_responses_and_generates_them(tiny_recipe, tiny_gpt2_dir, toy_sft, tmp_path, capsys, methods):
     recipe = tiny_recipe(
         model={"name": str(tiny_gpt2_dir)},
-        data={"train_file": str(sft_data["train"]), "eval_file": str(sft_data["eval"])},
+        data={"train_file": str(toy_sft["train"]), "eval_file": str(toy_sft["eval"])},
         task={"head": "causal-lm", "max_new_tokens": 3},
         methods=methods,
         train={"epochs": 8, "learning_rate": 1e-2},
@@ -299,29 +222,28 @@ def test_causal_lm_learns_responses_and_generates_them(tiny_recipe, tiny_gpt2_di
     assert forgetting["reference_texts"] == 32 and 0 < forgetting["lm_loss_before"] != forgetting["lm_loss_after"]
     capsys.readouterr()
     assert (
-        main(["predict", str(tmp_path / "run"), "--json", "w1 w2 good Sentiment:", "--file", str(sft_data["eval"])])
-        == 0
+        main(["predict", str(tmp_path / "run"), "--json", "w1 w2 good Sentiment:", "--file", str(toy_sft["eval"])]) == 0
     )
     predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(predictions) == 33 and predictions[0]["prompt"] == "w1 w2 good Sentiment:"
     assert {p["generated"] for p in predictions} <= {"positive", "negative"}
 
 
-def test_gradient_checkpointing_on_a_causal_lm(same_gradients_with_checkpointing, tiny_gpt2_dir, sft_data):
+def test_gradient_checkpointing_on_a_causal_lm(same_gradients_with_checkpointing, tiny_gpt2_dir, toy_sft):
     same_gradients_with_checkpointing(
         model={"name": str(tiny_gpt2_dir)},
-        data={"train_file": str(sft_data["train"]), "eval_file": str(sft_data["eval"])},
+        data={"train_file": str(toy_sft["train"]), "eval_file": str(toy_sft["eval"])},
         task={"head": "causal-lm"},
         methods={"lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"], "dropout": 0.1}},
     )
 
 
-def test_merged_lora_export_of_a_causal_lm_generates_like_the_run(tiny_recipe, tiny_gpt2_dir, sft_data, tmp_path):
+def test_merged_lora_export_of_a_causal_lm_generates_like_the_run(tiny_recipe, tiny_gpt2_dir, toy_sft, tmp_path):
     from transformers import AutoModelForCausalLM
 
     recipe = tiny_recipe(
         model={"name": str(tiny_gpt2_dir)},
-        data={"train_file": str(sft_data["train"]), "eval_file": str(sft_data["eval"])},
+        data={"train_file": str(toy_sft["train"]), "eval_file": str(toy_sft["eval"])},
         task={"head": "causal-lm"},
         methods={"lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]}},
         train={"epochs": 1},
@@ -335,10 +257,10 @@ def test_merged_lora_export_of_a_causal_lm_generates_like_the_run(tiny_recipe, t
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
-def test_an_encoder_checkpoint_loads_as_a_decoder_whose_missing_modules_train(tiny_recipe, tiny_model_dir, tmp_path):
+def test_an_encoder_checkpoint_loads_as_a_decoder_whose_missing_modules_train(tiny_recipe, tiny_bert_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from adapt import fresh_modules
 
-    model, info = AutoModelForCausalLM.from_pretrained(tiny_model_dir, is_decoder=True, output_loading_info=True)
+    model, info = AutoModelForCausalLM.from_pretrained(tiny_bert_dir, is_decoder=True, output_loading_info=True)
     assert fresh_modules(model, info["missing_keys"]) == ["cls.predictions.transform"]  # the decoder is tied

@@ -44,14 +44,14 @@ def test_a_float32_cache_trains_exactly_as_no_cache(train_tiny):
     assert cached["eval"] == uncached["eval"]
 
 
-def test_served_states_give_the_outputs_of_running_the_prefix(tiny_model_dir, tmp_path):
+def test_served_states_give_the_outputs_of_running_the_prefix(tiny_bert_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from adapt_top_layers.prefix_cache import PrefixCache
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).train()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).train()
     model.bert.embeddings.eval()  # the frozen prefix runs without dropout, as top-layers makes it
     model.bert.encoder.layer[0].eval()
     texts = ["w1 good w2", "w3 w4 awful w5 w6 w7", "lovely", "w5 w6 w7 dull w8 w9 w10 w11"]

@@ -10,6 +10,7 @@ from adapt.errors import AdaptError, RecipeError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
 from adapt.modeling import count_parameters, enable_activation_checkpointing
+from adapt.origins import ParameterOrigins
 from adapt.precision import resolve_precision
 from adapt.recipe import Recipe
 from adapt.types import Run
@@ -120,6 +121,8 @@ def load_base_model(run: Run, hooks: Hooks) -> None:
     }
     kwargs.update(hooks.model_load_kwargs(run=run))
     run.model = hooks.load_model(run=run, load_kwargs=kwargs)
+    run._origins = ParameterOrigins(run.model, run.head_prefixes)
+    hooks.on_model_loaded(run=run)
 
 
 def build_model(run: Run, hooks: Hooks) -> list[ParamCount]:

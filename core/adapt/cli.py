@@ -155,6 +155,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "new-plugin",
+        help="write a plugin package (pyproject, module, tests) that installs and passes its own tests",
+        description="Write the package adapt-NAME: a working plugin of that kind to start from, its entry point, "
+        "and tests that use adapt.testing. Then: cd adapt-NAME && pip install -e '.[test]' && pytest",
+    )
+    p.add_argument("name", metavar="NAME", help="the plugin's name in recipes, e.g. bias-only")
+    p.add_argument("--kind", required=True, choices=["method", "head", "infrastructure"], help="what it is")
+    p.add_argument("--dir", default=".", metavar="PARENT", help="where to create adapt-NAME (the current folder)")
     return parser
 
 
@@ -535,6 +544,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if broken else 0  # a broken plugin is a fault to fix, even if the others work
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapt.scaffold import new_plugin
+
+    folder = new_plugin(args.name, args.kind, Path(args.dir))
+    print(f"wrote {folder}/ (a {args.kind} plugin named '{args.name}'); next:")
+    print(f"  cd {folder} && pip install -e '.[test]' && pytest")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
@@ -545,6 +565,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "plugins": cmd_plugins,
+    "new-plugin": cmd_new_plugin,
 }
 
 

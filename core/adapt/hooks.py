@@ -106,6 +106,9 @@ class Hooks:
             "the task model",
         )
 
+    def on_model_loaded(self, *, run: Run) -> None:
+        self._call("adapt_on_model_loaded", run=run)
+
     def transform_model(self, *, run: Run, plugin: str) -> None:
         self._call("adapt_transform_model", self._only("adapt_transform_model", plugin), run=run)
 

@@ -17,16 +17,16 @@ plugins always (unless listed in ``plugins.disable``). Method hooks that act on 
 a time, in the composition order, so methods never need to know about each other.
 
 A finished run is loaded back (``adapt eval``, ``predict``, ``export``) with ``adapt_restore_state``, the
-head's model hooks and ``adapt_load_artifacts`` in place of ``adapt_transform_model``; no training data
-is needed for that.
+head's model hooks, ``adapt_on_model_loaded`` and ``adapt_load_artifacts`` in place of
+``adapt_transform_model``; no training data is needed for that.
 
 A memory plan (``adapt plan``, and the estimate ``adapt run`` prints before loading weights) calls the head's
 and the methods' hooks (never infrastructure plugins'), on new plugin instances, with ``run.planning`` True:
 ``adapt_configure``, ``adapt_head_modules``, ``adapt_model_load_kwargs``, ``adapt_load_model`` (where
 ``adapt.from_pretrained_cached`` and ``adapt.load_task_model`` build the model on the meta device from its
-config), ``adapt_transform_model``, ``adapt_make_collator``, ``adapt_compute_loss`` and ``adapt_loss_terms``
-(on meta tensors). ``run.dataset`` may be None there (no data at hand). Skip what needs real tensors or the
-device (a kernel probe, a cache) when ``run.planning`` is set.
+config), ``adapt_on_model_loaded``, ``adapt_transform_model``, ``adapt_make_collator``,
+``adapt_compute_loss`` and ``adapt_loss_terms`` (on meta tensors). ``run.dataset`` may be None there (no data
+at hand). Skip what needs real tensors or the device (a kernel probe, a cache) when ``run.planning`` is set.
 """
 
 from __future__ import annotations
@@ -115,6 +115,22 @@ def adapt_load_model(run: Run, load_kwargs: dict[str, Any]) -> torch.nn.Module |
     :param run: the run; ``run.dataset`` holds the raw splits (to read label names from).
     :param load_kwargs: merged answers of ``adapt_model_load_kwargs``; pass them to ``from_pretrained``.
     :return: the model.
+    """
+
+
+@hookspec
+def adapt_on_model_loaded(run: Run) -> None:
+    """The head's model is loaded and no method has been applied to it yet.
+
+    Called once per model build, right after ``adapt_load_model``, before the first ``adapt_transform_model``
+    (or, when a finished run is restored for ``eval``/``predict``/``export``, before the first
+    ``adapt_load_artifacts``). The core freezes nothing: every parameter still requires grad, except those
+    the loading itself made untrainable (quantised weights). Record what must be known about the pretrained
+    model before methods change it (the weights a regulariser pulls back toward); ``run.parameter_origin``,
+    ``run.pretrained_parameters()`` and ``run.head_parameters()`` work from here on, whatever wraps the model
+    later. In ``adapt plan`` (``run.planning``) the model is on the meta device: skip work on real tensors.
+
+    :param run: the run; ``run.model`` is the head's model, ``run.head_modules`` confirmed.
     """
 
 
@@ -238,9 +254,10 @@ def adapt_on_step_end(run: Run) -> None:
 
 @hookspec
 def adapt_on_log(run: Run, logs: dict[str, float]) -> None:
-    """Training statistics averaged since the previous log: ``step``, ``epoch``, ``loss``, ``lr``,
-    ``samples_per_second`` and one entry per loss term. Called every ``train.log_every`` steps and at the
-    last step, on every process."""
+    """Training statistics averaged since the previous log: ``step``, ``epoch``, ``loss`` (the task loss of
+    ``adapt_compute_loss`` alone), ``lr``, ``samples_per_second``, and when ``adapt_loss_terms`` contributed,
+    one entry per term plus ``total_loss`` (the task loss and the terms: what was minimised). Called every
+    ``train.log_every`` steps and at the last step, on every process."""
 
 
 @hookspec

@@ -11,6 +11,7 @@ import difflib
 import importlib.metadata
 import inspect
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,15 @@ from adapt.recipe import Recipe
 from adapt.types import PluginInfo
 
 ENTRY_POINT_GROUP = "adapt"
-BUILTIN_DISTRIBUTION = "adapt"
+BUILTIN_DISTRIBUTION = "adapt-peft"  # the distribution; the import name and the command stay `adapt`
 DISABLE_AUTOLOAD_ENV = "ADAPT_DISABLE_PLUGIN_AUTOLOAD"
 HOOK_PREFIX = "adapt_"
 HOOK_NAMES = sorted(n for n in vars(hookspecs) if n.startswith(HOOK_PREFIX))
+
+
+def is_builtin_distribution(name: str | None) -> bool:
+    """Whether distribution `name` is adapt itself (names compare as pip normalises them: adapt_peft, Adapt.Peft)."""
+    return name is not None and re.sub(r"[-_.]+", "-", name).lower() == BUILTIN_DISTRIBUTION
 
 
 # The options @hookimpl gives when used without arguments.
@@ -152,7 +158,7 @@ class Catalogue:
         def label(dist: tuple[str | None, str | None]) -> str:
             return f"{dist[0]} {dist[1]}" if dist[0] else "an unknown distribution"
 
-        builtin = [d for d in (first, second) if (d[0] or "").lower() == BUILTIN_DISTRIBUTION]
+        builtin = [d for d in (first, second) if is_builtin_distribution(d[0])]
         if builtin:
             other = second if builtin[0] is first else first
             self.broken[f"{name} (from {label(other)})"] = (
@@ -174,12 +180,12 @@ class Catalogue:
         builtins_only = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("", "0")
 
         def is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
-            return ep.dist is not None and ep.dist.name.lower() == BUILTIN_DISTRIBUTION
+            return ep.dist is not None and is_builtin_distribution(ep.dist.name)
 
         # Built-ins first, so that a third-party plugin taking a built-in's name never displaces it.
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: not is_builtin(e)):
             dist = ep.dist.name if ep.dist else None
-            builtin = dist is not None and dist.lower() == BUILTIN_DISTRIBUTION
+            builtin = is_builtin_distribution(dist)
             if builtins_only and not builtin:
                 continue
             version = ep.dist.version if ep.dist else None

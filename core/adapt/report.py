@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from adapt.build import ParamCount
     from adapt.types import Run
 
-VERSIONED = ("adapt", "torch", "transformers", "peft", "accelerate", "datasets")
+# summary.json -> versions: name -> the distribution it is read from (adapt's is adapt-peft)
+VERSIONED = {"adapt": "adapt-peft", **{n: n for n in ("torch", "transformers", "peft", "accelerate", "datasets")}}
 
 
 def peak_memory() -> dict[str, float]:
@@ -90,9 +91,9 @@ def show_notes(notes: list[str]) -> None:
 
 def versions() -> dict[str, str]:
     found = {}
-    for name in VERSIONED:
+    for name, distribution in VERSIONED.items():
         try:
-            found[name] = version(name)
+            found[name] = version(distribution)
         except PackageNotFoundError:
             pass
     return found

@@ -606,6 +606,8 @@ class _LogWindow:
         }
         for name, value in self.terms.items():
             logs[name] = acc.reduce(torch.as_tensor(value, device=self.device), "mean").item() / n
+        if self.terms:  # what was minimised; `loss` stays the task's alone, comparable across recipes
+            logs["total_loss"] = logs["loss"] + sum(logs[name] for name in self.terms)
         self.reset()
         return logs
 

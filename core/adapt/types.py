@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from datasets import DatasetDict
 
+    from adapt.origins import Origin, ParameterOrigins
     from adapt.recipe import Recipe
 
 Kind = Literal["method", "head", "infrastructure"]
@@ -119,6 +121,8 @@ class Run:
     planning: bool = False
     #: Why training ends before ``max_steps``, once a plugin has called ``request_stop``; else None.
     stop_reason: str | None = None
+    #: Recorded by the core when the head's model is loaded (see `parameter_origin`).
+    _origins: ParameterOrigins | None = field(default=None, init=False, repr=False)
 
     def request_stop(self, reason: str) -> None:
         """End training after the current optimizer step (early stopping, a sweep pruning a trial). The run
@@ -128,9 +132,40 @@ class Run:
         if self.stop_reason is None:
             self.stop_reason = reason
 
+    def note(self, message: str) -> None:
+        """Print `note: MESSAGE` on stderr, from the main process only. While the progress bar is live it redirects
+        stderr, so the line appears above the bar; `warnings.warn` takes the same way."""
+        if self.is_main_process:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+
     def table(self, plugin: str) -> Table:
         """The validated recipe table of `plugin` (its defaults when the recipe has none)."""
         return self.recipe.table(plugin)
+
+    def parameter_origin(self, name: str, param: torch.nn.Parameter) -> Origin:
+        """Where parameter `param` of the model (named `name` in it now) came from: "head" (the modules the head
+        created, including a trainable copy a wrapper made of them), "pretrained" (loaded from the checkpoint) or
+        "method" (added by a method: LoRA's A and B, an adapter). Valid from `adapt_on_model_loaded` on, however
+        methods have wrapped or renamed the model since."""
+        return self._loaded_origins().origin(name, param)
+
+    def head_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The head's parameters, by their current names in `unwrapped_model`."""
+        return self._parameters_from("head")
+
+    def pretrained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters loaded from the pretrained checkpoint (never the head's), by their current names in
+        `unwrapped_model`, trainable or not."""
+        return self._parameters_from("pretrained")
+
+    def _loaded_origins(self) -> ParameterOrigins:
+        if self._origins is None:
+            raise RuntimeError("parameter origins are known once the model is loaded (from adapt_on_model_loaded on)")
+        return self._origins
+
+    def _parameters_from(self, origin: Origin) -> dict[str, torch.nn.Parameter]:
+        origins = self._loaded_origins()
+        return {n: p for n, p in self.unwrapped_model.named_parameters() if origins.origin(n, p) == origin}
 
     @property
     def head_prefixes(self) -> tuple[str, ...]:

@@ -66,7 +66,9 @@ class Progress:
     def adapt_on_log(self, run: Run, logs: dict[str, float]) -> None:
         if self.progress is not None:
             terms = "".join(f" + {k} {v:.4f}" for k, v in logs.items() if k not in _NOT_TERMS)
-            stats = f"loss {logs['loss']:.4f}{terms}  lr {logs['lr']:.2e}  {logs['samples_per_second']:.0f} samples/s"
+            total = f" = {logs['total_loss']:.4f}" if "total_loss" in logs else ""
+            speed = f"lr {logs['lr']:.2e}  {logs['samples_per_second']:.0f} samples/s"
+            stats = f"loss {logs['loss']:.4f}{terms}{total}  {speed}"
             self.progress.update(self.task, stats=stats)
 
     @hookimpl
@@ -120,4 +122,4 @@ def summary_table(summary: dict[str, Any]):
 
 
 # Keys of a training log that are not loss terms (the task loss is shown first, then each term).
-_NOT_TERMS = {"step", "epoch", "loss", "lr", "samples_per_second"}
+_NOT_TERMS = {"step", "epoch", "loss", "total_loss", "lr", "samples_per_second"}
