@@ -131,3 +131,126 @@ def test_a_note_from_a_plugin_reaches_stderr_while_the_progress_bar_is_live(run_
     run_recipe(tiny_recipe(train={"epochs": 1}), plugins={"noting": Noting()})
     err = capfd.readouterr().err
     assert "note: step 12: accuracy" in err
+
+
+def test_a_plugin_asks_for_its_table_by_class_and_gets_it_typed(run_recipe, tiny_recipe):
+    from adapt_lora import LoraTable
+    from adapt_progress import ProgressTable
+
+    class Asks:
+        @hookimpl
+        def adapt_on_train_start(self, run):
+            self.lora = run.table(LoraTable)
+            self.same = run.table("lora")
+            self.progress = run.table(ProgressTable)
+            try:
+                run.table(type("Unused", (LoraTable,), {}))
+            except KeyError as exc:
+                self.error = str(exc)
+
+    asks = Asks()
+    run_recipe(tiny_recipe(train={"max_steps": 1}), plugins={"asks": asks})
+    assert isinstance(asks.lora, LoraTable) and asks.lora is asks.same and asks.lora.r == 4
+    assert isinstance(asks.progress, ProgressTable)
+    assert "no single recipe table of type Unused: no plugin of this run has it" in asks.error
+
+
+def test_every_option_of_every_built_in_plugin_is_described():
+    from adapt.manager import Catalogue
+    from adapt.options import table_options
+
+    catalogue = Catalogue.discover()
+    undescribed = [
+        f"{name}.{option['key']}"
+        for name, entry in catalogue.entries.items()
+        for option in table_options(entry.info.table)
+        if not option["description"]
+    ]
+    assert not undescribed and len(catalogue.entries) == 20
+
+
+def test_plugins_name_prints_the_plugins_options(capsys):
+    import json
+
+    from adapt.cli import main
+
+    assert main(["plugins", "lora", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["table"] == "[methods.lora]" and shown["after"] == ["int8"]
+    rank = {o["key"]: o for o in shown["options"]}["r"]
+    assert rank == {"key": "r", "type": "int", "default": "8", "bounds": "≥ 1", "description": rank["description"]}
+    targets = {o["key"]: o for o in shown["options"]}["target_modules"]
+    assert targets["type"] == 'list[str] | "all-linear"' and targets["default"] == '["query", "value"]'
+    assert main(["plugins", "sequence-classification"]) == 0
+    out = capsys.readouterr().out
+    assert '[task] with head = "sequence-classification"' in out and "text_pair_column" in out
+    assert main(["plugins", "lroa"]) == 2
+    assert "no plugin named 'lroa'; did you mean lora?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("required", "problem"),
+    [
+        ("1.0", None),
+        ("1.1", None),
+        ("1.2", "requires hook API 1.2, but adapt has 1.1: upgrade adapt-peft"),
+        ("2.0", "requires hook API 2.0, but adapt has 1.1: upgrade adapt-peft"),
+        ("0.9", "requires hook API 0.9, but adapt has 1.1: install a version of the plugin written for 1.x"),
+        ("1.x", "requires_api '1.x' is not a hook API version MAJOR.MINOR (adapt's is 1.1)"),
+    ],
+)
+def test_a_plugin_requiring_another_hook_api_is_refused_with_both_versions(required, problem):
+    from adapt import HOOK_API, PluginInfo
+    from adapt.manager import Catalogue
+
+    class Needs:
+        @hookimpl
+        def adapt_plugin_info(self):
+            return PluginInfo(summary="needs a hook API", requires_api=required)
+
+    catalogue = Catalogue.discover(extra={"needs": Needs()})
+    assert HOOK_API == "1.1"
+    if problem is None:
+        assert "needs" in catalogue.entries and "needs" not in catalogue.broken
+    else:
+        assert catalogue.broken["needs"] == problem and "needs" not in catalogue.entries
+
+
+def test_help_and_plugins_start_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = """
+import contextlib, io, sys
+from adapt.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+    after_help = sorted(m for m in ("torch", "transformers", "datasets") if m in sys.modules)
+    main(["plugins", "--json"])
+    main(["plugins", "lora"])
+print(after_help, sorted(m for m in ("torch", "transformers", "datasets", "peft", "accelerate") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[] []", result.stderr[-2000:]
+
+
+def test_the_old_home_of_run_still_imports_with_a_deprecation_warning():
+    import adapt
+    import adapt.types
+
+    with pytest.warns(DeprecationWarning, match="adapt.types.Run moved: import Run from adapt"):
+        old = adapt.types.Run
+    assert old is adapt.Run
+
+
+def test_the_adapters_activation_choices_are_the_activations_it_builds():
+    import typing
+
+    from adapt_adapters import AdaptersTable
+    from adapt_adapters.inject import ACTIVATIONS
+
+    choices = typing.get_args(AdaptersTable.model_fields["non_linearity"].annotation)
+    assert set(choices) == set(ACTIVATIONS)

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from adapt.errors import AdaptError
 
 if TYPE_CHECKING:
+    from adapt.context import Run
     from adapt.hooks import Hooks
     from adapt.plan import Plan
     from adapt.recipe import Recipe
-    from adapt.types import Run
 
 # Without an effective batch size, "auto" stops here: past it a larger batch changes the optimisation (fewer,
 # larger steps) more than it speeds the run up.

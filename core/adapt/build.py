@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt.context import Run
 from adapt.data import from_pretrained_cached, load_splits
 from adapt.errors import AdaptError, RecipeError
 from adapt.hooks import Hooks
@@ -13,7 +14,6 @@ from adapt.modeling import count_parameters, enable_activation_checkpointing
 from adapt.origins import ParameterOrigins
 from adapt.precision import resolve_precision
 from adapt.recipe import Recipe
-from adapt.types import Run
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 

@@ -27,8 +27,8 @@ from adapt.errors import AdaptError
 from adapt.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
+    from adapt.context import Run
     from adapt.hooks import Hooks
-    from adapt.types import Run
 
 CHECKPOINTS = "checkpoints"
 INFO = "checkpoint.json"

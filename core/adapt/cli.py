@@ -153,7 +153,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="eval examples the merge check compares (64)",
     )
-    p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
+    p = sub.add_parser(
+        "plugins", help="list installed plugins and the hooks they implement; with NAME, that plugin's options"
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="one plugin: its recipe table (keys, types, defaults)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
         "new-plugin",
@@ -521,10 +524,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "distribution": entry.distribution,
                 "origin": entry.origin,
                 "module": entry.value,
+                "requires_api": entry.info.requires_api,
                 "hooks": hooks,
             }
         )
     broken = [{"name": n, "error": e} for n, e in catalogue.broken.items()]
+    if args.name is not None:
+        return _show_plugin(catalogue, {row["name"]: row for row in rows}, args)
     if args.json:
         print(json.dumps({"plugins": rows, "broken": broken}, indent=2))
         return 1 if broken else 0
@@ -542,6 +548,54 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for item in broken:
         stderr.print(Text(f"broken plugin {item['name']}: {item['error']}", style="red"), soft_wrap=True)
     return 1 if broken else 0  # a broken plugin is a fault to fix, even if the others work
+
+
+def _show_plugin(catalogue, rows: dict[str, dict], args: argparse.Namespace) -> int:
+    """`adapt plugins NAME`: where the plugin's options go in a recipe, and each option."""
+    import difflib
+
+    from adapt.errors import UsageError
+    from adapt.options import table_location, table_options
+
+    name = args.name
+    if name in catalogue.broken:
+        raise UsageError(f"plugin '{name}' is installed but broken: {catalogue.broken[name]}")
+    if name not in rows:
+        close = difflib.get_close_matches(name, list(rows), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"no plugin named '{name}'{hint} (installed: {', '.join(sorted(rows))})")
+    info = catalogue.entries[name].info
+    row = {
+        **rows[name],
+        "table": table_location(name, info),
+        "options": table_options(info.table),
+        "after": list(info.after),
+        "conflicts": dict(info.conflicts),
+        "needs_one_of": list(info.needs_one_of),
+    }
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    source = f"{row['distribution']} {row['version']} ({row['origin']})" if row["distribution"] else row["origin"]
+    stdout.print(Text(f"{name}: {row['summary']}", style="bold"))
+    stdout.print(f"{row['kind']} from {source}; hooks: {', '.join(h.removeprefix('adapt_') for h in row['hooks'])}")
+    for label, value in (("applied after", row["after"]), ("needs one of", row["needs_one_of"])):
+        if value:
+            stdout.print(f"{label}: {', '.join(value)}")
+    for other, why in row["conflicts"].items():
+        stdout.print(f"conflicts with {other}: {why}")
+    if not row["options"]:
+        stdout.print("no options")
+        return 0
+    table = RichTable(title=Text(row["table"]), title_justify="left")  # Text: "[task]" is not markup
+    for column in ("key", "type", "default", "description"):
+        table.add_column(column, overflow="fold", style="bold" if column == "key" else None)
+    for option in row["options"]:
+        bounds = f" ({option['bounds']})" if option["bounds"] else ""
+        cells = (option["key"], option["type"] + bounds, option["default"], option["description"])
+        table.add_row(*map(Text, cells))
+    stdout.print(table)
+    return 0
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:

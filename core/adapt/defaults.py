@@ -10,7 +10,7 @@ from adapt import decay_groups, hookimpl
 if TYPE_CHECKING:
     import torch
 
-    from adapt.types import Run
+    from adapt.context import Run
 
 
 @hookimpl(trylast=True)
@@ -30,6 +30,6 @@ def adapt_compute_loss(outputs: Any) -> torch.Tensor:
 @hookimpl(trylast=True)
 def adapt_make_optimizer(run: Run, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """`train.optimizer` with `[train.optimizer_options]`."""
-    from adapt.optimizers import build_optimizer
+    from adapt.make_optimizer import build_optimizer
 
-    return build_optimizer(run, param_groups)
+    return build_optimizer(run.recipe.train, run.accelerator.device, param_groups)

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapt.batching import shard_batches, sorted_batches
+from adapt.context import Run
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
-from adapt.types import Run
 
 
 class Evaluator:

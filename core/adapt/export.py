@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from adapt.context import Run
 from adapt.errors import AdaptError
 from adapt.hooks import Hooks
 from adapt.inference import example_logits
 from adapt.io import atomic_dir
 from adapt.manager import Catalogue
 from adapt.restore import open_run
-from adapt.types import Run
 
 CHECK_EXAMPLES = 64
 

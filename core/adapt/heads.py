@@ -15,7 +15,9 @@ class TextInputs(Table):
     """Recipe keys of a head that reads one text per example, or a pair of texts (subclass it)."""
 
     text_column: str = "text"
+    """The column holding each example's text."""
     text_pair_column: str | None = None
+    """A second text column, for tasks on pairs of texts (entailment, paraphrase)."""
 
     def input_columns(self) -> dict[str, str]:
         """{recipe key: column name} of the texts, for `require_columns`."""

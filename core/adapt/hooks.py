@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     import torch
     from datasets import DatasetDict
 
+    from adapt.context import Run
     from adapt.recipe import Recipe
-    from adapt.types import Metrics, PluginInfo, Run
+    from adapt.types import Metrics, PluginInfo
 
 
 def _code(function: Callable) -> Any:

@@ -9,7 +9,9 @@ Conventions (the same as pytest's):
 - observers (``adapt_on_*``) return None;
 - contribution hooks (``adapt_model_load_kwargs``, ``adapt_loss_terms``, ``adapt_summary``) collect the
   answers of every plugin;
-- only configure-time hooks are ``historic``, so a plugin registered late still sees the configuration.
+- only configure-time hooks are ``historic``, so a plugin registered late still sees the configuration;
+- the hook API has a version (``adapt.HOOK_API``, now 1.1), which a plugin can require through
+  ``PluginInfo.requires_api``.
 
 Which plugins take part: method and head plugins only when the recipe names them, infrastructure
 plugins always (unless listed in ``plugins.disable``). Method hooks that act on the model
@@ -42,10 +44,19 @@ if TYPE_CHECKING:
     import torch
     from datasets import DatasetDict
 
+    from adapt.context import Run
     from adapt.recipe import Recipe
-    from adapt.types import Metrics, PluginInfo, Run
+    from adapt.types import Metrics, PluginInfo
+
+#: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook or a parameter is added (1.1:
+#: ``adapt_on_model_loaded``), MAJOR when one changes meaning or goes. A plugin states the version it needs in
+#: ``PluginInfo.requires_api``; it is refused, with both versions named, unless MAJOR is the same and MINOR at least
+#: as high.
+HOOK_API = "1.1"
 
 hookspec = pluggy.HookspecMarker("adapt")
+#: Marks a plugin's hook implementations (`from adapt import hookimpl`).
+hookimpl = pluggy.HookimplMarker("adapt")
 
 
 # --- discovery and configuration -------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapt.batching import sorted_batches
-from adapt.types import Run
+from adapt.context import Run
+
+if TYPE_CHECKING:
+    import torch
 
 
 def forward_batches(
@@ -17,6 +18,7 @@ def forward_batches(
     """Run `run.model` over encoded examples in length-sorted batches (little padding), in inference mode.
 
     Yields (indices of the examples in `features`, the batch on the model's device, the model's outputs)."""
+    import torch
     from accelerate.utils import send_to_device
 
     was_training = run.model.training
@@ -33,6 +35,7 @@ def forward_batches(
 def example_logits(run: Run, features: Sequence[dict[str, Any]], collate: Callable) -> list[torch.Tensor]:
     """Each example's logits, in example order, as float32 on the CPU; per-token logits are cut to the
     example's own tokens (no padding), so they line up with its `input_ids` and `labels`."""
+
     found: dict[int, torch.Tensor] = {}
     for indices, batch, outputs in forward_batches(run, features, collate):
         logits = outputs.logits.float().cpu()

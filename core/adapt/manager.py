@@ -112,6 +112,20 @@ def parameter_problems(plugin: Any) -> list[str]:
     return problems
 
 
+def api_problem(required: str | None) -> str | None:
+    """Why a plugin that requires hook API `required` cannot run with this adapt, or None."""
+    if required is None:
+        return None
+    have = tuple(int(n) for n in hookspecs.HOOK_API.split("."))
+    if not re.fullmatch(r"\d+\.\d+", required):
+        return f"requires_api '{required}' is not a hook API version MAJOR.MINOR (adapt's is {hookspecs.HOOK_API})"
+    major, minor = (int(n) for n in required.split("."))
+    if major == have[0] and minor <= have[1]:
+        return None
+    fix = "upgrade adapt-peft" if (major, minor) > have else f"install a version of the plugin written for {have[0]}.x"
+    return f"requires hook API {required}, but adapt has {hookspecs.HOOK_API}: {fix}"
+
+
 def _describe(name: str, plugin: Any) -> PluginInfo:
     """Register `plugin` alone, check its hook names and signatures, and ask it to describe itself."""
     problems = parameter_problems(plugin)
@@ -129,6 +143,9 @@ def _describe(name: str, plugin: Any) -> PluginInfo:
     info = Hooks(pm).plugin_info() or PluginInfo()
     if not isinstance(info, PluginInfo):
         raise ValueError(f"adapt_plugin_info returned {type(info).__name__}, expected adapt.PluginInfo")
+    problem = api_problem(info.requires_api)
+    if problem:
+        raise ValueError(problem)
     return info
 
 

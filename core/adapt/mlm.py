@@ -4,11 +4,12 @@ whatever the run has made of the encoder."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapt.data import from_pretrained_cached
+
+if TYPE_CHECKING:
+    import torch
 
 
 def has_mlm_head(config: Any) -> bool:
@@ -45,6 +46,8 @@ def mask_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked inputs, labels): `rate` of the real, non-special tokens replaced by the mask token (at least one
     per row), labels -100 elsewhere. Draws only from `generator`, so training's random stream is untouched."""
+    import torch
+
     special = torch.zeros_like(input_ids, dtype=torch.bool)
     for token in tokenizer.all_special_ids:
         special |= input_ids == token
@@ -59,5 +62,7 @@ def mask_tokens(
 
 def mlm_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the head's predictions at the masked positions."""
+    import torch
+
     logits = head(hidden.to(next(head.parameters()).dtype))
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapt.errors import AdaptError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def head_module_names(model: torch.nn.Module) -> list[str]:
@@ -23,6 +24,8 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     """The stack of transformer blocks: the ModuleList of same-class modules holding the most parameters
     (`bert.encoder.layer`, GPT-2's `transformer.h`, LLaMA's `model.layers`...). Raises ValueError naming
     the model class when there is none."""
+    import torch
+
     best, best_size = None, 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
@@ -50,6 +53,8 @@ def on_last_block_output(
 
 def parameter_count(param: torch.Tensor) -> int:
     """Elements a parameter stands for: a packed 4-bit tensor holds two per byte, its quant_state knows."""
+    import torch
+
     state = getattr(param, "quant_state", None)
     shape = getattr(state, "shape", None)
     return int(torch.Size(shape).numel()) if shape is not None else param.numel()
@@ -69,6 +74,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def preview_head_modules(auto_class, config) -> list[str]:
     """`head_module_names` of the model `auto_class` builds from `config`, built on the meta device:
     no memory, no weights, so a quantisation plugin can learn what to leave unquantised before loading."""
+    import torch
+
     with torch.device("meta"):
         model = auto_class.from_config(config)
     return head_module_names(model)

@@ -247,13 +247,13 @@ def make_plan(
     import torch
 
     from adapt.build import load_base_model, make_accelerator
+    from adapt.context import Run
     from adapt.footprint import added_parameter_bytes, gradient_bytes, saved_activations, trainable, weight_bytes
     from adapt.hooks import Hooks
     from adapt.meta_models import models_on_meta
     from adapt.modeling import count_parameters
     from adapt.optimizers import state_bytes
     from adapt.precision import resolve_precision
-    from adapt.types import Run
 
     if config_path is not None:
         given = Path(config_path)

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -34,6 +34,7 @@ from adapt.types import PluginInfo, Table
 
 TOP_LEVEL = (*CORE_SECTIONS, "methods", "plugins")
 REQUIRED_SECTIONS = ("model", "data", "task", "output")
+T = TypeVar("T", bound=Table)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,24 @@ class Recipe:
     disabled: tuple[str, ...]
     tables: Mapping[str, Table]
 
-    def table(self, plugin: str) -> Table:
+    @overload
+    def table(self, plugin: type[T]) -> T: ...
+
+    @overload
+    def table(self, plugin: str) -> Table: ...
+
+    def table(self, plugin: str | type[Table]) -> Table:
+        """The validated table of `plugin`: a plugin name, or the plugin's own Table class (typed, and without
+        repeating the entry-point name)."""
+        if isinstance(plugin, type):
+            found = [table for table in self.tables.values() if type(table) is plugin]
+            if len(found) == 1:
+                return found[0]
+            owners = [name for name, table in self.tables.items() if type(table) is plugin]
+            why = f"plugins {', '.join(owners)} share it; ask by name" if owners else "no plugin of this run has it"
+            raise KeyError(
+                f"no single recipe table of type {plugin.__name__}: {why} (selected: {', '.join(self.tables)})"
+            )
         try:
             return self.tables[plugin]
         except KeyError:

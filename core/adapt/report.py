@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapt.build import ParamCount
-    from adapt.types import Run
+    from adapt.context import Run
 
 # summary.json -> versions: name -> the distribution it is read from (adapt's is adapt-peft)
 VERSIONED = {"adapt": "adapt-peft", **{n: n for n in ("torch", "transformers", "peft", "accelerate", "datasets")}}

@@ -7,10 +7,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from adapt.context import Run
 from adapt.errors import AdaptError
 from adapt.hooks import Hooks
 from adapt.manager import Catalogue
-from adapt.types import Run
 
 
 class UntrustedCode(AdaptError):

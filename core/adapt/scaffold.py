@@ -14,6 +14,7 @@ from pathlib import Path
 from string import Template
 
 from adapt.errors import UsageError
+from adapt.hookspecs import HOOK_API
 
 KINDS = ("method", "head", "infrastructure")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -89,11 +90,11 @@ class $cls:
 
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="method", table=${cls}Table, summary="$summary")
+        return PluginInfo(kind="method", table=${cls}Table, summary="$summary", requires_api="$hook_api")
 
     @hookimpl
     def adapt_transform_model(self, run: Run) -> None:
-        table: ${cls}Table = run.table(NAME)
+        table = run.table(${cls}Table)
         head = run.head_parameters()  # the new head trains with every method
         for name, param in run.model.named_parameters():
             norm = table.train_layer_norms and "layernorm" in name.lower()
@@ -180,8 +181,6 @@ from adapt import (
     tokenize_texts,
 )
 
-NAME = "$name"
-
 
 class ${cls}Table(TextInputs):
     """[task] with head = "$name": text_column (and text_pair_column) come from TextInputs."""
@@ -218,26 +217,27 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, max
 class $cls:
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="head", table=${cls}Table, summary="$summary")
+        return PluginInfo(kind="head", table=${cls}Table, summary="$summary", requires_api="$hook_api")
 
     @hookimpl
     def adapt_head_modules(self, run: Run) -> list[str]:
         from transformers import AutoModelForSequenceClassification
 
-        return task_head_modules(run, AutoModelForSequenceClassification, num_labels=run.table(NAME).num_labels)
+        num_labels = run.table(${cls}Table).num_labels
+        return task_head_modules(run, AutoModelForSequenceClassification, num_labels=num_labels)
 
     @hookimpl
     def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
         from transformers import AutoModelForSequenceClassification
 
-        table: ${cls}Table = run.table(NAME)
+        table = run.table(${cls}Table)
         return load_task_model(
             run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", num_labels=table.num_labels
         )
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
-        table: ${cls}Table = run.table(NAME)
+        table = run.table(${cls}Table)
         require_columns(dataset, {**table.input_columns(), "label_column": table.label_column})
         return encode_splits(
             dataset,
@@ -261,7 +261,7 @@ class $cls:
 
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        texts, features = encode_texts(run, rows, run.table(NAME))
+        texts, features = encode_texts(run, rows, run.table(${cls}Table))
         results = []
         for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):
             probs = logits.softmax(-1)
@@ -322,11 +322,11 @@ class $cls:
 
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="infrastructure", table=${cls}Table, summary="$summary")
+        return PluginInfo(kind="infrastructure", table=${cls}Table, summary="$summary", requires_api="$hook_api")
 
     @hookimpl
     def adapt_on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
-        table: ${cls}Table = run.table(NAME)
+        table = run.table(${cls}Table)
         if table.metric not in metrics:
             return
         value = metrics[table.metric]
@@ -402,6 +402,7 @@ def new_plugin(name: str, kind: str, parent: Path) -> Path:
         "kind": kind,
         "summary": SUMMARIES[kind],
         "adapt_version": _adapt_version(),
+        "hook_api": HOOK_API,
     }
     source, test = SOURCES[kind]
     files = {

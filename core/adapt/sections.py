@@ -22,33 +22,40 @@ PathText = Annotated[str, AfterValidator(_no_nul)]
 
 
 class ModelSection(Table):
-    #: A hub id ("sentence-transformers/all-MiniLM-L6-v2") or a local folder.
     name: PathText = Field(min_length=1)
+    """A hub id ("sentence-transformers/all-MiniLM-L6-v2") or a local folder."""
     revision: str | None = None
-    #: Weights' dtype when loading; "auto" keeps the checkpoint's.
+    """A branch, tag or commit of the hub repository (default: its main branch)."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    #: Only ever true when the recipe says so.
+    """Weights' dtype when loading; "auto" keeps the checkpoint's."""
     trust_remote_code: bool = False
+    """Only ever true when the recipe says so."""
 
 
 class DataSection(Table):
-    #: A hub dataset id or a local folder that `datasets.load_dataset` understands ...
     dataset: PathText | None = None
+    """A hub dataset id or a local folder that `datasets.load_dataset` understands ..."""
     config: str | None = None
+    """The dataset's configuration name (GLUE's 'sst2')."""
     revision: str | None = None
+    """A branch, tag or commit of the hub repository (default: its main branch)."""
     train_split: str = "train"
+    """The hub dataset's split to train on."""
     eval_split: str = "validation"
-    #: ... or local files (.tsv, .csv, .jsonl, .json, .parquet), relative to the working directory.
+    """The hub dataset's split to evaluate on."""
     train_file: PathText | None = None
+    """... or local files (.tsv, .csv, .jsonl, .json, .parquet), relative to the working directory."""
     eval_file: PathText | None = None
-    #: Keep a random subset of the training split (seeded by train.seed) / the first N eval rows.
+    """The local file to evaluate on (with train_file)."""
     max_train_samples: int | None = Field(default=None, ge=1)
+    """Keep a random subset of the training split (seeded by train.seed) / the first N eval rows."""
     max_eval_samples: int | None = Field(default=None, ge=1)
-    #: Longer inputs are truncated to this many tokens.
+    """Evaluate on the first N rows of the eval split only."""
     max_length: int = Field(default=256, ge=8)
-    #: "FILE.py:FUNCTION" (FILE relative to the working directory): called on every raw row, before the
-    #: head encodes it, returning a dict of columns to add or replace (derive a label, build a prompt).
+    """Longer inputs are truncated to this many tokens."""
     preprocess: PathText | None = None
+    """"FILE.py:FUNCTION" (FILE relative to the working directory): called on every raw row, before the head encodes
+    it, returning a dict of columns to add or replace (derive a label, build a prompt)."""
 
     @field_validator("preprocess")
     @classmethod
@@ -71,55 +78,67 @@ class DataSection(Table):
 
 class TrainSection(Table):
     epochs: float = Field(default=1.0, gt=0)
-    #: Stop after this many optimizer steps (overrides epochs when smaller).
+    """Passes over the training split; a fraction trains on part of the last one."""
     max_steps: int | None = Field(default=None, ge=1)
-    #: Rows per micro-batch, or "auto": the largest that fits the device (on CUDA tried, backing off on
-    #: out-of-memory; on a CPU from the memory plan and the free memory), at most `effective_batch_size` (128
-    #: when that is not set).
+    """Stop after this many optimizer steps (overrides epochs when smaller)."""
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 32
+    """Rows per micro-batch, or "auto": the largest that fits the device (on CUDA tried, backing off on
+    out-of-memory; on a CPU from the memory plan and the free memory), at most `effective_batch_size` (128 when that
+    is not set)."""
     eval_batch_size: int | None = Field(default=None, ge=1)
+    """Rows per evaluation batch (default: batch_size)."""
     grad_accum_steps: int = Field(default=1, ge=1)
-    #: Rows per optimizer step: gradient accumulation makes up what the micro-batch does not hold
-    #: (grad_accum_steps = effective_batch_size / batch_size, rounded up). Instead of grad_accum_steps.
+    """Micro-batches whose gradients add up to one optimizer step."""
     effective_batch_size: int | None = Field(default=None, ge=1)
+    """Rows per optimizer step: gradient accumulation makes up what the micro-batch does not hold (grad_accum_steps
+    = effective_batch_size / batch_size, rounded up). Instead of grad_accum_steps."""
     learning_rate: float = Field(default=5e-4, gt=0)
-    #: adamw (torch), adamw-8bit / paged-adamw-8bit (bitsandbytes: 1 byte per state value), adafactor, sgd.
+    """The peak learning rate, reached after the warm-up."""
     optimizer: Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd"] = "adamw"
-    #: The chosen optimizer's own options (betas, eps, momentum...), validated against it.
+    """adamw (torch), adamw-8bit / paged-adamw-8bit (bitsandbytes: 1 byte per state value), adafactor, sgd."""
     optimizer_options: dict[str, Any] = {}
+    """The chosen optimizer's own options (betas, eps, momentum...), validated against it."""
     weight_decay: float = Field(default=0.01, ge=0)
+    """Decoupled weight decay on matrices (never on biases and norms)."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """The learning rate after the warm-up: decays linearly or along a cosine to 0, or stays constant."""
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    """The share of the optimizer steps over which the learning rate rises linearly from 0."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
-    #: Evaluate every N optimizer steps (and always after the last step).
+    """Clip the gradients' global norm to this (none when unset)."""
     eval_every: int | None = Field(default=None, ge=1)
+    """Evaluate every N optimizer steps (and always after the last step)."""
     log_every: int = Field(default=10, ge=1)
+    """Log the averaged training loss every N optimizer steps."""
     seed: int = 42
-    #: "auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16; CPUs with AMX or
-    #: AVX512-BF16), else fp32. summary.json records what was chosen and why.
+    """Seeds data order, initialisation and dropout: the same seed on one machine gives the same run."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    #: Length-grouped batches: shuffle, sort within pools of `length_pool` batches, shuffle the batches.
+    """"auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16; CPUs with AMX or AVX512-BF16),
+    else fp32. summary.json records what was chosen and why."""
     group_by_length: bool = True
+    """Length-grouped batches: shuffle, sort within pools of `length_pool` batches, shuffle the batches."""
     length_pool: int = Field(default=64, ge=1)
+    """With group_by_length: how many batches' worth of examples are sorted together."""
     num_workers: int = Field(default=0, ge=0)
-    #: Recompute each block's activations in the backward pass instead of keeping them (non-reentrant
-    #: activation checkpointing): less memory for about a third more compute.
+    """DataLoader worker processes (0: batches are made in the training process)."""
     gradient_checkpointing: bool = False
-    #: On a CPU: dropout masks from a fast generator seeded by torch's (the same rate, other random numbers
-    #: than torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster.
+    """Recompute each block's activations in the backward pass instead of keeping them (non-reentrant activation
+    checkpointing): less memory for about a third more compute."""
     fast_dropout: bool = True
-    #: On Linux: freed memory stays in the process for the next step instead of going back to the OS to be
-    #: faulted in again (glibc mallopt); faster CPU steps, and resident memory stays at its peak.
+    """On a CPU: dropout masks from a fast generator seeded by torch's (the same rate, other random numbers than
+    torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster."""
     keep_freed_memory: bool = True
-    #: Write a checkpoint every N optimizer steps (default: every eval, else every 500 steps), plus one at each
-    #: epoch end and one when SIGINT/SIGTERM stops the run.
+    """On Linux: freed memory stays in the process for the next step instead of going back to the OS to be faulted
+    in again (glibc mallopt); faster CPU steps, and resident memory stays at its peak."""
     checkpoint_every: int | None = Field(default=None, ge=1)
-    #: Checkpoints kept (older ones are deleted); 0 writes none. All are deleted once the run has finished.
+    """Write a checkpoint every N optimizer steps (default: every eval, else every 500 steps), plus one at each
+    epoch end and one when SIGINT/SIGTERM stops the run."""
     keep_checkpoints: int = Field(default=2, ge=0)
-    #: A loss that is not finite: "stop" the run (naming the step and terms) or "skip" the step's update.
+    """Checkpoints kept (older ones are deleted); 0 writes none. All are deleted once the run has finished."""
     nonfinite: Literal["stop", "skip"] = "stop"
-    #: With nonfinite = "skip": stop after this many skipped steps in a row.
+    """A loss that is not finite: "stop" the run (naming the step and terms) or "skip" the step's update."""
     max_nonfinite_skips: int = Field(default=10, ge=1)
+    """With nonfinite = "skip": stop after this many skipped steps in a row."""
 
     @field_validator("optimizer_options")
     @classmethod
@@ -151,10 +170,12 @@ class TrainSection(Table):
 
 class OutputSection(Table):
     dir: PathText = Field(min_length=1)
-    #: Replace an earlier run in `dir`: it is moved aside and deleted once the new run has finished. Without
-    #: it, a `dir` holding a run is an error (or resumed with `adapt run --resume`).
+    """The run directory: artifacts, logs, checkpoints and summary.json."""
     overwrite: bool = False
+    """Replace an earlier run in `dir`: it is moved aside and deleted once the new run has finished. Without it, a
+    `dir` holding a run is an error (or resumed with `adapt run --resume`)."""
     save_artifacts: bool = True
+    """Write the trained model's artifacts (false: only metrics and summary.json)."""
 
 
 class TaskSection(Table):
@@ -162,6 +183,7 @@ class TaskSection(Table):
 
     model_config = Table.model_config | {"extra": "allow"}
     head: str = Field(min_length=1)
+    """The head plugin (sequence-classification, token-classification, multi-label, regression, causal-lm...)."""
 
 
 class PluginsSection(Table):

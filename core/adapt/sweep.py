@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
+from adapt.context import Run
 from adapt.errors import AdaptError
 from adapt.interrupts import Interrupted
 from adapt.io import atomic_write_json, atomic_write_text
@@ -25,7 +26,7 @@ from adapt.manager import Catalogue
 from adapt.recipe import load_recipe, output_override, recipe_data
 from adapt.rundir import LATEST, in_use, run_status
 from adapt.space import Space
-from adapt.types import PluginInfo, Run
+from adapt.types import PluginInfo
 
 PRUNING_PLUGIN = "sweep-pruning"
 

@@ -23,6 +23,7 @@ from adapt.autobatch import largest_that_runs, start_size, with_batch
 from adapt.batching import LengthGroupedBatches, padding_efficiency
 from adapt.build import build_model, encode, start_run, token_lengths
 from adapt.checkpoint import Checkpointer
+from adapt.context import Run
 from adapt.cpu_speed import fast_dropout, keep_freed_memory
 from adapt.errors import AdaptError
 from adapt.evaluation import Evaluator
@@ -36,7 +37,6 @@ from adapt.report import MemoryProbe, run_precision, run_summary, show_notes
 from adapt.resume import check_resumable
 from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
 from adapt.throughput import StepFlops, throughput_summary
-from adapt.types import Run
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from adapt.io import atomic_dir, atomic_file
+
+if TYPE_CHECKING:
+    import torch
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -24,6 +26,7 @@ def load_tensors_into(model: torch.nn.Module, *files: str | Path) -> list[str]:
     Every stored name must exist in the model; returns the names loaded. Parameters the files do not
     mention are left as they are (a head-only artifact holds only the head).
     """
+
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import Field
 
 from adapt import AdaptError, PluginInfo, Run, Table, atomic_write_text, hookimpl, load_tensors_into, save_tensors
-from adapt_adapters.inject import ACTIVATIONS, inject
 
 ARTIFACT_DIR = "adapters"
 WEIGHTS = "adapters.safetensors"
@@ -23,9 +22,11 @@ WEIGHTS = "adapters.safetensors"
 
 class AdaptersTable(Table):
     placement: Literal["houlsby", "pfeiffer"] = "pfeiffer"
-    #: Bottleneck width = hidden size / reduction_factor.
+    """Where the bottleneck goes: "pfeiffer" after each feed-forward block, "houlsby" after attention too."""
     reduction_factor: int = Field(default=16, ge=1)
-    non_linearity: Literal[tuple(ACTIVATIONS)] = "relu"  # type: ignore[valid-type]
+    """Bottleneck width = hidden size / reduction_factor."""
+    non_linearity: Literal["relu", "gelu", "swish", "tanh"] = "relu"  # the keys of inject.ACTIVATIONS
+    """The activation between the down- and up-projection."""
 
 
 def is_trained(name: str, run: Run) -> bool:
@@ -44,7 +45,9 @@ def adapt_plugin_info() -> PluginInfo:
 
 @hookimpl
 def adapt_transform_model(run: Run) -> None:
-    table: AdaptersTable = run.table("adapters")
+    from adapt_adapters.inject import inject  # torch: not at plugin discovery
+
+    table = run.table(AdaptersTable)
     inject(run.model, table.placement, table.reduction_factor, table.non_linearity)
     for name, param in run.model.named_parameters():
         param.requires_grad_(is_trained(name, run))
@@ -54,7 +57,7 @@ def adapt_transform_model(run: Run) -> None:
 def adapt_save_artifacts(run: Run, directory: Path) -> None:
     state = {n: p for n, p in run.unwrapped_model.named_parameters() if is_trained(n, run)}
     save_tensors(state, directory / ARTIFACT_DIR / WEIGHTS)
-    table = run.table("adapters").model_dump()
+    table = run.table(AdaptersTable).model_dump()
     atomic_write_text(directory / ARTIFACT_DIR / "adapter_config.json", json.dumps(table, indent=2) + "\n")
 
 

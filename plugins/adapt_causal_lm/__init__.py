@@ -35,12 +35,14 @@ NAME = "causal-lm"
 
 class CausalLMTable(Table):
     prompt_column: str = "prompt"
+    """The column of prompts (with response_column; the prompt's tokens carry no loss)."""
     response_column: str = "response"
-    #: Instead of prompt and response: a column of conversations ([{"role": ..., "content": ...}, ...])
-    #: rendered by the tokenizer's chat template; the last (assistant) message is learnt.
+    """The column of responses: the tokens the model learns to produce."""
     messages_column: str | None = None
-    #: `adapt predict`: greedy generation stops at the end-of-text token or after this many tokens.
+    """Instead of prompt and response: a column of conversations ([{"role": ..., "content": ...}, ...]) rendered by
+    the tokenizer's chat template; the last (assistant) message is learnt."""
     max_new_tokens: int = Field(default=64, ge=1)
+    """`adapt predict`: greedy generation stops at the end-of-text token or after this many tokens."""
 
     @model_validator(mode="after")
     def _one_format(self) -> CausalLMTable:
@@ -88,7 +90,7 @@ class CausalLM:
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
-        table: CausalLMTable = run.table(NAME)
+        table = run.table(CausalLMTable)
         prepare_tokenizer(run.tokenizer)
         if table.messages_column:
             require_columns(dataset, {"messages_column": table.messages_column})
@@ -115,7 +117,7 @@ class CausalLM:
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Greedy generation from each row's prompt (or conversation so far)."""
-        table: CausalLMTable = run.table(NAME)
+        table = run.table(CausalLMTable)
         prepare_tokenizer(run.tokenizer)
         if table.messages_column:
             # a conversation ending with the assistant's answer (an eval file) is asked without that answer

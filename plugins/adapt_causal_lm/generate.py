@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 from itertools import groupby
-
-import torch
+from typing import TYPE_CHECKING
 
 from adapt import Run
 
+if TYPE_CHECKING:
+    pass
+
 
 def generate(run: Run, prompts: list[list[int]], eos: int, max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    import torch
+
     model, tokenizer = run.model, run.tokenizer
     device = run.accelerator.device
     texts: list[str] = [""] * len(prompts)

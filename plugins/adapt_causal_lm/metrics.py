@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapt_causal_lm.encode import IGNORED
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PerplexityMetrics:
@@ -18,6 +19,8 @@ class PerplexityMetrics:
         self.correct = 0
 
     def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
         logits = outputs.logits[:, :-1].float()  # position t predicts token t + 1
         targets = batch["labels"][:, 1:]
         keep = targets != IGNORED

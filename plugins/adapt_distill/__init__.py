@@ -12,20 +12,23 @@ mode (no dropout, so the random stream of training is untouched).
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from adapt import PluginInfo, Run, Table, hookimpl, on_last_block_output
+
+if TYPE_CHECKING:
+    import torch
 
 BASE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 class DistillTable(Table):
-    #: lambda: the term's weight.
     weight: float = Field(default=1.0, gt=0)
+    """lambda: the term's weight."""
     distance: Literal["cosine", "mse"] = "cosine"
+    """"cosine": 1 - cosine between the outputs per real token; "mse": their squared difference."""
 
 
 class Distill:
@@ -60,6 +63,8 @@ class Distill:
 
     @hookimpl
     def adapt_loss_terms(self, run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        import torch
+
         if self.captured is None:
             return None
         adapted, self.captured = self.captured, None
@@ -81,7 +86,7 @@ class Distill:
         finally:
             self.in_base = False
         base, self.captured = self.captured, None
-        table: DistillTable = run.table("distill")
+        table = run.table(DistillTable)
         if table.distance == "cosine":
             per_token = 1 - torch.nn.functional.cosine_similarity(adapted.float(), base.float(), dim=-1)
         else:

@@ -20,9 +20,8 @@ The reference defaults to the eval split's texts; `reference_file` names held-ou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field
 
 from adapt import (
@@ -40,17 +39,23 @@ from adapt import (
 from .measures import cosine_per_row, linear_cka, similarity_correlation
 from .reference import reference_texts
 
+if TYPE_CHECKING:
+    import torch
+
 
 class ForgettingTable(Table):
-    #: Turn the measurement off (it costs two passes over `samples` texts).
     enabled: bool = True
-    #: A .txt (one text per line), .jsonl, .csv, .tsv or .parquet file of reference texts; default: the eval split.
+    """Turn the measurement off (it costs two passes over `samples` texts)."""
     reference_file: str | None = None
-    #: The column holding the texts (default: the head's text column, else the first text column).
+    """A .txt (one text per line), .jsonl, .csv, .tsv or .parquet file of reference texts; default: the eval split."""
     text_column: str | None = None
+    """The column holding the texts (default: the head's text column, else the first text column)."""
     samples: int = Field(default=256, ge=4)
+    """How many reference texts are compared before and after training."""
     max_length: int = Field(default=128, ge=8)
+    """Reference texts are truncated to this many tokens."""
     batch_size: int = Field(default=16, ge=1)
+    """Reference texts per forward pass."""
 
 
 class Forgetting:
@@ -69,7 +74,7 @@ class Forgetting:
 
     @hookimpl(tryfirst=True)  # before a method installs a feature cache that would bypass the blocks
     def adapt_on_train_start(self, run: Run) -> None:
-        table: ForgettingTable = run.table("forgetting")
+        table = run.table(ForgettingTable)
         if not table.enabled:
             return
         self.texts = reference_texts(run, table)
@@ -88,7 +93,7 @@ class Forgetting:
 
     @hookimpl
     def adapt_summary(self, run: Run) -> dict[str, Any] | None:
-        table: ForgettingTable = run.table("forgetting")
+        table = run.table(ForgettingTable)
         if self.base is None or not table.enabled:
             return None
         after, losses = self._measure(run, table, self.base)
@@ -109,6 +114,8 @@ class Forgetting:
         """Mean-pooled outputs of the last transformer block for every reference text, and the pretraining
         losses the model has a head for ({"lm_loss": ..., "mlm_loss": ...}). A batch whose blocks did not run (a
         frozen backbone's feature cache served it) keeps the `base` rows, which are what such a cache holds."""
+        import torch
+
         model = run.model
         captured: list[torch.Tensor] = []
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -16,6 +19,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def similarity_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
     """Pearson correlation of the pairwise cosine similarities of the texts, before and after."""
+    import torch
+
     upper = torch.triu_indices(len(x), len(x), offset=1)
 
     def pairs(z: torch.Tensor) -> torch.Tensor:
@@ -28,4 +33,6 @@ def similarity_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def cosine_per_row(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=1)

@@ -22,8 +22,9 @@ ARTIFACT_DIR = "model"
 class GradualUnfreezingTable(Table):
     every: int = Field(default=1, ge=1, description="unfreeze the next group every this many units")
     unit: Literal["epoch", "step"] = "epoch"
-    #: ULMFiT's factor: each group down trains at the lr of the group above divided by this.
+    """What `every` counts: "epoch"s or optimizer "step"s."""
     lr_decay: float = Field(default=2.6, ge=1)
+    """ULMFiT's factor: each group down trains at the lr of the group above divided by this."""
 
 
 def layer_groups(run: Run) -> list[list[str]]:
@@ -77,7 +78,7 @@ class GradualUnfreezing:
 
     @hookimpl
     def adapt_param_groups(self, run: Run) -> list[dict[str, Any]]:
-        table: GradualUnfreezingTable = run.table("gradual-unfreezing")
+        table = run.table(GradualUnfreezingTable)
         params = dict(run.unwrapped_model.named_parameters())
         optimizer_groups = []
         for level, names in enumerate(self.groups):
@@ -113,7 +114,7 @@ class GradualUnfreezing:
             run.optimizer.param_groups[i]["lr"] = self.target_lrs[i] * factor if active else 0.0
 
     def _advance(self, run: Run, done: int) -> None:
-        table: GradualUnfreezingTable = run.table("gradual-unfreezing")
+        table = run.table(GradualUnfreezingTable)
         wanted = min(len(self.groups), 1 + done // table.every)
         if wanted > self.unfrozen:
             self._set_trainable(run, wanted)
@@ -122,12 +123,12 @@ class GradualUnfreezing:
 
     @hookimpl
     def adapt_on_epoch_start(self, run: Run, epoch: int) -> None:
-        if run.table("gradual-unfreezing").unit == "epoch":
+        if run.table(GradualUnfreezingTable).unit == "epoch":
             self._advance(run, epoch)
 
     @hookimpl
     def adapt_on_step_end(self, run: Run) -> None:
-        if run.table("gradual-unfreezing").unit == "step":
+        if run.table(GradualUnfreezingTable).unit == "step":
             self._advance(run, run.step)
 
     @hookimpl

@@ -18,10 +18,10 @@ ARTIFACT = Path("head") / "head.safetensors"
 
 
 class HeadOnlyTable(Table):
-    #: Reuse backbone outputs across epochs; only possible while nothing upstream of the head trains.
     cache_features: bool = True
-    #: Stop caching (and fall back to running the backbone) beyond this many cached MiB.
+    """Reuse backbone outputs across epochs; only possible while nothing upstream of the head trains."""
     cache_limit_mib: float = Field(default=4096, gt=0)
+    """Stop caching (and fall back to running the backbone) beyond this many cached MiB."""
 
 
 class HeadOnly:
@@ -59,7 +59,7 @@ class HeadOnly:
 
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
-        table: HeadOnlyTable = run.table("head-only")
+        table = run.table(HeadOnlyTable)
         model = run.unwrapped_model
         backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
         heads = run.head_prefixes

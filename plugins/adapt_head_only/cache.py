@@ -7,15 +7,18 @@ real (unpadded) token ids, so it is found whatever batch it lands in and however
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 KEY_INPUTS = ("input_ids", "token_type_ids")
 
 
 class FeatureCache:
     def __init__(self, backbone: torch.nn.Module, limit_bytes: int):
+
         self.backbone = backbone
         self.limit_bytes = limit_bytes
         self.entries: dict[bytes, dict[str, torch.Tensor]] = {}
@@ -45,6 +48,8 @@ class FeatureCache:
         return [b"|".join(p[i][real[i]].cpu().numpy().tobytes() for p in parts) for i in range(real.shape[0])]
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        import torch
+
         original = type(self.backbone).forward.__get__(self.backbone)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
         if input_ids is None:  # embeddings passed directly: nothing to key on
@@ -64,6 +69,8 @@ class FeatureCache:
         return output
 
     def _fields(self, output: Any, batch: int) -> dict[str, torch.Tensor]:
+        import torch
+
         return {
             name: value
             for name, value in output.items()
@@ -85,6 +92,8 @@ class FeatureCache:
             self.entries[key] = entry
 
     def _assemble(self, keys: list[bytes], real: torch.Tensor) -> Any:
+        import torch
+
         device = real.device
         fields = {}
         for name, sample in self.entries[keys[0]].items():
@@ -101,6 +110,8 @@ class FeatureCache:
 
     def export_new(self) -> dict[str, torch.Tensor]:
         """The entries added since the last export, as flat tensors for a safetensors file."""
+        import torch
+
         keys = list(self.entries)[self.exported :]
         self.exported = len(self.entries)
         blob = b"".join(keys)
@@ -114,6 +125,7 @@ class FeatureCache:
         return tensors
 
     def import_entries(self, tensors: dict[str, torch.Tensor]) -> None:
+
         fields: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
             index, dot, field = name.partition(".")

@@ -22,14 +22,17 @@ NAME = "int8"
 
 class Int8Table(Table):
     bits: Literal[8, 4] = 8
-    #: LLM.int8 outlier threshold: activations above it take the 16-bit path.
+    """8: LLM.int8 linear layers; 4: NF4 or FP4 (QLoRA)."""
     threshold: float = Field(default=6.0, ge=0)
-    #: 4-bit only: NF4 (QLoRA) or FP4, the dtype the matmuls compute in, and nested quantisation.
+    """LLM.int8 outlier threshold: activations above it take the 16-bit path."""
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit only: NF4 (QLoRA) or FP4, the dtype the matmuls compute in, and nested quantisation."""
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """4-bit only: the dtype the dequantised weights are multiplied in."""
     double_quant: bool = True
-    #: Further modules to keep in full precision (the head's are always kept).
+    """4-bit only: quantise the quantisation constants too (about 0.4 bits per weight saved)."""
     skip_modules: list[str] = []
+    """Further modules to keep in full precision (the head's are always kept)."""
 
 
 class _OncePerMessage(logging.Filter):
@@ -75,12 +78,12 @@ class Int8:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise AdaptError(
-                "methods.int8: bitsandbytes is not installed; pip install 'adapt[int8]' (or bitsandbytes)"
+                "methods.int8: bitsandbytes is not installed; pip install 'adapt-peft[int8]' (or bitsandbytes)"
             ) from None
         import torch
         from transformers import BitsAndBytesConfig
 
-        table: Int8Table = run.table(NAME)
+        table = run.table(Int8Table)
         if not run.planning:
             check_backend(table.bits, run.accelerator.device, getattr(torch, table.compute_dtype))
         # None (nothing of the head's to keep, as for a causal LM) lets transformers keep its defaults: the output
@@ -131,7 +134,7 @@ class Int8:
             raise AdaptError("methods.int8: the restored model holds no quantised transformers model to dequantise")
         dtype = run.recipe.model.dtype
         quantised[0].dequantize(dtype=torch.float32 if dtype == "auto" else getattr(torch, dtype))
-        table: Int8Table = run.table(NAME)
+        table = run.table(Int8Table)
         if table.bits == 8 or table.compute_dtype != "float32":
             # LLM.int8 also quantises activations (and 16-bit compute rounds), so the dequantised model, the more
             # exact of the two, differs by up to about a tenth of a logit (0.128 measured over SST-2's 872 rows)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from adapt import AdaptError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_backend(bits: int, device: torch.device, compute_dtype: torch.dtype) -> None:
     """Run one tiny quantised layer forward and backward; a clear error instead of a failure mid-load."""
     import bitsandbytes as bnb
+    import torch
 
     try:
         if bits == 8:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from adapt import count_parameters
+
+if TYPE_CHECKING:
+    import torch
 
 
 def weight_memory(model: torch.nn.Module) -> dict[str, float]:

@@ -9,15 +9,19 @@ the trained weights.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from adapt import PluginInfo, Run, Table, hookimpl
 
+if TYPE_CHECKING:
+    import torch
+
 
 class L2SPTable(Table):
-    #: lambda: the term's weight. Its gradient is lambda * (theta - theta_0) per weight, so 0.01-1 is typical.
     weight: float = Field(default=0.1, gt=0)
+    """lambda: the term's weight. Its gradient is lambda * (theta - theta_0) per weight, so 0.01-1 is typical."""
 
 
 class L2SP:
@@ -48,8 +52,10 @@ class L2SP:
 
     @hookimpl
     def adapt_loss_terms(self, run: Run) -> dict[str, torch.Tensor] | None:
+        import torch
+
         trained = [(p, p0) for p, p0 in self.anchors if p.requires_grad]
         if not trained:
             return None
         squared = torch.stack([(p - p0).pow(2).sum() for p, p0 in trained]).sum()
-        return {"l2sp": 0.5 * run.table("l2sp").weight * squared}
+        return {"l2sp": 0.5 * run.table(L2SPTable).weight * squared}

@@ -20,18 +20,20 @@ class LoraTable(Table):
     r: int = Field(default=8, ge=1, description="rank of the update matrices")
     alpha: float = Field(default=16, gt=0, description="scaling numerator: updates are scaled by alpha / r")
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    #: Module names (suffixes) to adapt, or "all-linear" for every linear layer but the output one.
+    """Dropout on the LoRA path's input (0 keeps the fused layer)."""
     target_modules: list[str] | Literal["all-linear"] = ["query", "value"]
+    """Module names (suffixes) to adapt, or "all-linear" for every linear layer but the output one."""
     bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases train: "none", "all" (every bias of the model) or "lora_only" (those of adapted layers)."""
     use_rslora: bool = False
-    #: Extra modules to train fully and save, beyond the head's own.
+    """Rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r."""
     modules_to_save: list[str] = []
-    #: LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than the rest (e.g. 16).
+    """Extra modules to train fully and save, beyond the head's own."""
     lr_ratio: float | None = Field(default=None, gt=0)
-    #: One autograd function per LoRA layer (the scaling inside the matmul) instead of PEFT's chain of
-    #: operations: the same result up to rounding, faster steps. Layers with dropout, DoRA or a quantised
-    #: base keep PEFT's forward.
+    """LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than the rest (e.g. 16)."""
     fused: bool = True
+    """One autograd function per LoRA layer (the scaling inside the matmul) instead of PEFT's chain of operations:
+    the same result up to rounding, faster steps. Layers with dropout, DoRA or a quantised base keep PEFT's forward."""
 
 
 @hookimpl
@@ -42,7 +44,7 @@ def adapt_plugin_info() -> PluginInfo:
 def lora_config(run: Run):
     from peft import LoraConfig
 
-    table: LoraTable = run.table("lora")
+    table = run.table(LoraTable)
     return LoraConfig(
         r=table.r,
         lora_alpha=table.alpha,
@@ -66,7 +68,7 @@ def adapt_transform_model(run: Run) -> None:
 
 
 def _fuse(run: Run) -> None:
-    if run.table("lora").fused:
+    if run.table(LoraTable).fused:
         from adapt_lora.fused import fuse_lora_layers  # imports torch: not at plugin discovery
 
         fuse_lora_layers(run.model)
@@ -76,7 +78,7 @@ def _fuse(run: Run) -> None:
 def adapt_param_groups(run: Run) -> list[dict[str, Any]] | None:
     """With `lr_ratio` (LoRA+), the B matrices in a group of their own at `lr_ratio` times the learning rate;
     the others as the core groups them (matrices decay, vectors do not)."""
-    table: LoraTable = run.table("lora")
+    table = run.table(LoraTable)
     if table.lr_ratio is None:
         return None
     trained = [(name, param) for name, param in run.model.named_parameters() if param.requires_grad]

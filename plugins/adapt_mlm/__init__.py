@@ -9,7 +9,8 @@ all-MiniLM-L6-v2 has none, and `distill` is the regulariser that works for any m
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from adapt import (
@@ -24,14 +25,17 @@ from adapt import (
     pretrained_mlm_head,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 MODEL_INPUTS = ("attention_mask", "token_type_ids", "position_ids")
 
 
 class MLMTable(Table):
-    #: lambda: the term's weight.
     weight: float = Field(default=0.1, gt=0)
-    #: Share of each text's real tokens masked.
+    """lambda: the term's weight."""
     rate: float = Field(default=0.15, gt=0, lt=1)
+    """Share of each text's real tokens masked."""
 
 
 class AuxiliaryMLM:
@@ -70,9 +74,11 @@ class AuxiliaryMLM:
 
     @hookimpl
     def adapt_loss_terms(self, run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        import torch
+
         if self.head is None:
             return None
-        table: MLMTable = run.table("mlm")
+        table = run.table(MLMTable)
         step, micro = self.micro
         self.micro = (run.step, micro + 1 if step == run.step else 0)
         generator = torch.Generator().manual_seed(run.recipe.train.seed * 1_000_003 + run.step * 1009 + self.micro[1])

@@ -35,14 +35,14 @@ NAME = "multi-label"
 
 
 class MultiLabelTable(TextInputs):
-    #: A column holding each row's labels, as a list of names or of integer ids ...
     label_column: str | None = None
-    #: ... or one 0/1 column per label, named after the label.
+    """A column holding each row's labels, as a list of names or of integer ids ..."""
     label_columns: list[str] | None = Field(default=None, min_length=1)
-    #: Names for integer ids (in id order); normally read from the data.
+    """... or one 0/1 column per label, named after the label."""
     label_names: list[str] | None = None
-    #: A label is predicted when its sigmoid exceeds this.
+    """Names for integer ids (in id order); normally read from the data."""
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    """A label is predicted when its sigmoid exceeds this."""
 
     @model_validator(mode="after")
     def _one_source(self) -> MultiLabelTable:
@@ -111,7 +111,7 @@ class MultiLabel:
 
     def _resolve(self, run: Run) -> list[str]:
         if not self.labels:
-            table: MultiLabelTable = run.table(NAME)
+            table = run.table(MultiLabelTable)
             self._check_columns(run.dataset, table)
             self.labels = label_names(run.dataset, table)
         return self.labels
@@ -142,7 +142,7 @@ class MultiLabel:
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
-        table: MultiLabelTable = run.table(NAME)
+        table = run.table(MultiLabelTable)
         self._check_columns(dataset, table)
         labels = self._resolve(run)
         by_id = table.label_column is not None and holds_ids(dataset, table.label_column)
@@ -167,11 +167,11 @@ class MultiLabel:
 
     @hookimpl
     def adapt_make_metrics(self, run: Run) -> MultiLabelMetrics:
-        return MultiLabelMetrics(len(self._resolve(run)), run.table(NAME).threshold)
+        return MultiLabelMetrics(len(self._resolve(run)), run.table(MultiLabelTable).threshold)
 
     @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
-        save_head_state(directory, {"labels": self.labels, "threshold": run.table(NAME).threshold})
+        save_head_state(directory, {"labels": self.labels, "threshold": run.table(MultiLabelTable).threshold})
 
     @hookimpl
     def adapt_restore_state(self, directory: Path) -> None:
@@ -180,7 +180,7 @@ class MultiLabel:
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The labels whose probability exceeds the threshold, and every label's probability."""
-        table: MultiLabelTable = run.table(NAME)
+        table = run.table(MultiLabelTable)
         texts, features = encode_texts(run, rows, table)
         results = []
         for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):

@@ -6,13 +6,16 @@ Kept as per-label counts, so any eval size fits in memory and processes merge by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class MultiLabelMetrics:
     def __init__(self, num_labels: int, threshold: float):
+        import torch
+
         self.threshold = threshold
         self.true_pos = torch.zeros(num_labels, dtype=torch.long)
         self.false_pos = torch.zeros(num_labels, dtype=torch.long)
@@ -22,6 +25,8 @@ class MultiLabelMetrics:
         self.loss_sum = 0.0
 
     def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
         logits = outputs.logits.float()
         truth = batch["labels"].float()
         self.loss_sum += float(torch.nn.functional.binary_cross_entropy_with_logits(logits, truth, reduction="sum"))
@@ -42,6 +47,8 @@ class MultiLabelMetrics:
         self.loss_sum += other.loss_sum
 
     def compute(self) -> dict[str, float]:
+        import torch
+
         tp, fp, fn = self.true_pos.double(), self.false_pos.double(), self.false_neg.double()
         per_label = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
         micro_tp, micro_fp, micro_fn = tp.sum(), fp.sum(), fn.sum()

@@ -17,8 +17,8 @@ FILE_NAME = "curves.png"
 
 
 class PlotsTable(Table):
-    #: Resolution of the written image.
     dpi: int = Field(default=100, ge=50, le=600)
+    """Resolution of the written image."""
 
 
 class Plots:
@@ -63,7 +63,7 @@ class Plots:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        table: PlotsTable = run.table("plots")
+        table = run.table(PlotsTable)
         # Panels of (title, [(label, records, key)]): the training loss and its terms with the eval loss,
         # the learning rate, then each other eval metric.
         losses = dict.fromkeys(k for r in self.train for k in r if k not in _NOT_LOSSES)

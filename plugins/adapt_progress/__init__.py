@@ -11,6 +11,7 @@ from adapt import PluginInfo, Run, Table, hookimpl
 
 class ProgressTable(Table):
     refresh_per_second: float = Field(default=4, gt=0)
+    """How often the progress bar redraws."""
 
 
 class Progress:
@@ -40,7 +41,7 @@ class Progress:
             TimeRemainingColumn,
         )
 
-        table: ProgressTable = run.table("progress")
+        table = run.table(ProgressTable)
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),

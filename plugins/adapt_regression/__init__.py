@@ -35,8 +35,8 @@ STATE = "targets.json"
 
 
 class RegressionTable(TextInputs):
-    #: Numeric columns to predict, one model output each.
     target_columns: list[str] = Field(default=["label"], min_length=1)
+    """Numeric columns to predict, one model output each."""
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, targets, max_length) -> dict[str, Any]:
@@ -63,7 +63,7 @@ class Regression:
     def _targets(self, run: Run) -> list[str]:
         """The recipe's target columns (or, for a restored run, those it saved)."""
         if not self.targets:
-            self.targets = list(run.table(NAME).target_columns)
+            self.targets = list(run.table(RegressionTable).target_columns)
         return self.targets
 
     def _config(self, run: Run) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class Regression:
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
-        table: RegressionTable = run.table(NAME)
+        table = run.table(RegressionTable)
         targets = self._targets(run)
         columns = {**table.input_columns(), **{f"target_columns[{i}]": t for i, t in enumerate(targets)}}
         require_columns(dataset, columns)
@@ -133,7 +133,7 @@ class Regression:
 
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        table: RegressionTable = run.table(NAME)
+        table = run.table(RegressionTable)
         texts, features = encode_texts(run, rows, table)
         outputs = example_logits(run, features, self.adapt_make_collator(run))
         return [

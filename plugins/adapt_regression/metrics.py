@@ -5,13 +5,16 @@ Every prediction is kept (Spearman needs the ranks of all of them); a few floats
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def ranks(values: torch.Tensor) -> torch.Tensor:
     """1-based ranks along dim 0, ties sharing their average rank (as scipy.stats.rankdata)."""
+    import torch
+
     result = torch.empty_like(values, dtype=torch.float64)
     for column in range(values.shape[1]):
         unique, inverse, counts = torch.unique(values[:, column], return_inverse=True, return_counts=True)
@@ -22,6 +25,8 @@ def ranks(values: torch.Tensor) -> torch.Tensor:
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Pearson correlation per column; 0 where a column is constant."""
+    import torch
+
     x, y = x - x.mean(0), y - y.mean(0)
     denominator = (x.pow(2).sum(0) * y.pow(2).sum(0)).sqrt()
     return torch.where(denominator > 0, (x * y).sum(0) / denominator.clamp(min=1e-300), torch.zeros_like(denominator))
@@ -29,6 +34,7 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class RegressionMetrics:
     def __init__(self, targets: list[str]):
+
         self.targets = targets
         self.predictions: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
@@ -42,6 +48,8 @@ class RegressionMetrics:
         self.labels.extend(other.labels)
 
     def compute(self) -> dict[str, float]:
+        import torch
+
         if not self.predictions:
             return {}
         pred, true = torch.cat(self.predictions), torch.cat(self.labels)

@@ -33,12 +33,13 @@ NAME = "sequence-classification"
 
 class SequenceClassificationTable(TextInputs):
     label_column: str = "label"
-    #: Normally read from the data (ClassLabel names, or the distinct label values).
+    """The column holding each example's class: a name, or an id."""
     num_labels: int | None = Field(default=None, ge=2)
-    #: Names for the classes in id order (for integer labels), or the id order of string labels.
+    """Normally read from the data (ClassLabel names, or the distinct label values)."""
     label_names: list[str] | None = None
-    #: Loss weight per class, or "balanced" (inverse class frequency in the training split).
+    """Names for the classes in id order (for integer labels), or the id order of string labels."""
     class_weights: list[float] | Literal["balanced"] | None = None
+    """Loss weight per class, or "balanced" (inverse class frequency in the training split)."""
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, mapping, max_length) -> dict[str, Any]:
@@ -75,7 +76,7 @@ class SequenceClassification:
     def _resolve_labels(self, run: Run) -> list[str]:
         """Check the recipe's columns against the data, then read the label names (once per run)."""
         if not self.labels:
-            table: SequenceClassificationTable = run.table(NAME)
+            table = run.table(SequenceClassificationTable)
             if run.dataset is None and run.planning:  # planning without the data: the recipe's classes
                 return table.label_names or [str(i) for i in range(table.num_labels or 2)]
             check_columns(run.dataset, table)
@@ -84,7 +85,7 @@ class SequenceClassification:
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
-        table: SequenceClassificationTable = run.table(NAME)
+        table = run.table(SequenceClassificationTable)
         check_columns(dataset, table)
         labels = self._resolve_labels(run)
         mapping = label_to_id(first_split(dataset), table.label_column, labels)
@@ -127,7 +128,7 @@ class SequenceClassification:
     @hookimpl
     def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The top label with its probability, and the probability of every label."""
-        table: SequenceClassificationTable = run.table(NAME)
+        table = run.table(SequenceClassificationTable)
         texts, features = encode_texts(run, rows, table)
         results = []
         for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class ClassificationMetrics:
     def __init__(self, num_labels: int):
+        import torch
+
         self.num_labels = num_labels
         self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
         self.loss_sum = 0.0
 
     def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
         logits = outputs.logits.float()
         labels = batch["labels"]
         k = self.num_labels
@@ -27,6 +32,8 @@ class ClassificationMetrics:
         self.loss_sum += other.loss_sum
 
     def compute(self) -> dict[str, float]:
+        import torch
+
         confusion = self.confusion.double()
         total = confusion.sum()
         true_pos = confusion.diag()

@@ -35,7 +35,9 @@ NAME = "token-classification"
 
 class TokenClassificationTable(Table):
     tokens_column: str = "tokens"
+    """The column holding each example's words (a list of strings)."""
     tags_column: str = "ner_tags"
+    """The column holding one tag per word (names such as B-PER, or ClassLabel ids)."""
 
 
 def tag_names(dataset, column: str) -> list[str]:
@@ -85,8 +87,8 @@ class TokenClassification:
 
     def _resolve_tags(self, run: Run) -> list[str]:
         if not self.tags:
-            self._check_columns(run.dataset, run.table(NAME))
-            self.tags = tag_names(run.dataset, run.table(NAME).tags_column)
+            self._check_columns(run.dataset, run.table(TokenClassificationTable))
+            self.tags = tag_names(run.dataset, run.table(TokenClassificationTable).tags_column)
         return self.tags
 
     @staticmethod
@@ -108,7 +110,7 @@ class TokenClassification:
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset) -> Any:
-        table: TokenClassificationTable = run.table(NAME)
+        table = run.table(TokenClassificationTable)
         self._check_columns(dataset, table)
         tags = self._resolve_tags(run)
         feature = getattr(first_split(dataset).features[table.tags_column], "feature", None)
@@ -148,7 +150,7 @@ class TokenClassification:
         import torch
         from seqeval.metrics.sequence_labeling import get_entities
 
-        table: TokenClassificationTable = run.table(NAME)
+        table = run.table(TokenClassificationTable)
         given = row_values(rows, table.tokens_column, "task.tokens_column")
         words = [w.split() if isinstance(w, str) else list(w) for w in given]
         dummy = [[self.tags[0]] * len(w) for w in words]  # alignment needs tags; only the positions matter

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapt_token_classification.align import IGNORED
+
+if TYPE_CHECKING:
+    import torch
 
 
 class EntityMetrics:
@@ -18,6 +19,8 @@ class EntityMetrics:
         self.loss_sum = 0.0
 
     def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
         logits = outputs.logits.float()
         labels = batch["labels"]
         self.loss_sum += float(

@@ -24,13 +24,13 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 class TopLayersTable(Table):
     train_last: int = Field(default=2, ge=0, description="transformer blocks that train, counted from the top")
-    #: Serve the frozen prefix's output from a cache after an example's first pass (needs nothing below the
-    #: first trained block to train, which this method ensures unless another method trains there).
     cache: bool = True
-    #: Storage type of cached states: float32 is exact (bit-identical outputs); float16 halves the file for
-    #: a rounding of ~5e-4 relative; bfloat16 keeps float32's range. States out of the type's range are not
-    #: cached (their examples run the prefix each time).
+    """Serve the frozen prefix's output from a cache after an example's first pass (needs nothing below the first
+    trained block to train, which this method ensures unless another method trains there)."""
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    """Storage type of cached states: float32 is exact (bit-identical outputs); float16 halves the file for a
+    rounding of ~5e-4 relative; bfloat16 keeps float32's range. States out of the type's range are not cached (their
+    examples run the prefix each time)."""
 
 
 def _always_eval(module, mode: bool = True):
@@ -63,7 +63,7 @@ class TopLayers:
 
     def _split(self, run: Run, model):
         """(the block stack's name and list, index of the first trained block, frozen parameter names)."""
-        table: TopLayersTable = run.table("top-layers")
+        table = run.table(TopLayersTable)
         try:
             name, blocks = find_blocks(model)
         except ValueError as exc:
@@ -100,7 +100,7 @@ class TopLayers:
 
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
-        table: TopLayersTable = run.table("top-layers")
+        table = run.table(TopLayersTable)
         if not table.cache or self.frozen_blocks == 0:
             return
         import torch
@@ -150,7 +150,7 @@ class TopLayers:
 
     @hookimpl
     def adapt_summary(self, run: Run) -> dict:
-        table: TopLayersTable = run.table("top-layers")
+        table = run.table(TopLayersTable)
         found = {"train_last": table.train_last, "frozen_blocks": self.frozen_blocks}
         found["cache"] = self.cache.stats() if self.cache is not None else False
         return {"top-layers": found}

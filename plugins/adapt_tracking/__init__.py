@@ -43,16 +43,16 @@ USER_MLFLOW_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 class TrackingTable(Table):
-    #: Trackers to send to: tensorboard, mlflow, wandb, trackio, aim, comet_ml, clearml, dvclive, swanlab.
     backends: list[str] = Field(default_factory=list)
-    #: The W&B / trackio project and the MLflow experiment.
+    """Trackers to send to: tensorboard, mlflow, wandb, trackio, aim, comet_ml, clearml, dvclive, swanlab."""
     project: str = "adapt"
-    #: The run's name in the trackers (default: the output folder's name).
+    """The W&B / trackio project and the MLflow experiment."""
     run_name: str | None = None
-    #: Where local backends write (default: RUN_DIR/tracking).
+    """The run's name in the trackers (default: the output folder's name)."""
     logging_dir: str | None = None
-    #: Keyword arguments for each backend's init, e.g. { wandb = { mode = "offline", entity = "me" } }.
+    """Where local backends write (default: RUN_DIR/tracking)."""
     init: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Keyword arguments for each backend's init, e.g. { wandb = { mode = "offline", entity = "me" } }."""
 
 
 def _available(name: str) -> bool:
@@ -77,7 +77,7 @@ class Tracking:
 
     @hookimpl
     def adapt_configure(self, recipe) -> None:
-        table: TrackingTable = recipe.table("tracking")
+        table = recipe.table(TrackingTable)
         problems = []
         for name in table.backends:
             if name not in PACKAGES:
@@ -92,7 +92,7 @@ class Tracking:
 
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
-        table: TrackingTable = run.table("tracking")
+        table = run.table(TrackingTable)
         if not table.backends or not run.is_main_process:
             return
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS

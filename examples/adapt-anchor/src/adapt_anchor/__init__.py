@@ -31,6 +31,7 @@ class Anchor:
             table=AnchorTable,
             summary="regulariser: weight * mean |theta - theta_0| over the trained pretrained weights",
             after=("full", "gradual-unfreezing", "top-layers"),
+            requires_api="1.1",  # adapt_on_model_loaded is new in hook API 1.1
         )
 
     @hookimpl

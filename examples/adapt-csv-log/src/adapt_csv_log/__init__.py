@@ -28,7 +28,12 @@ class CsvLog:
 
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="infrastructure", table=CsvLogTable, summary="writes metrics.csv: train logs and evals")
+        return PluginInfo(
+            kind="infrastructure",
+            table=CsvLogTable,
+            summary="writes metrics.csv: train logs and evals",
+            requires_api="1.0",  # only hooks that every 1.x has
+        )
 
     @hookimpl
     def adapt_on_log(self, run: Run, logs: dict[str, float]) -> None:
