@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from adapt import PluginInfo, Run, Table, hookspecs
+from adapt import Head, PluginInfo, Run, Table, hookspecs
 from adapt.hookdoc import hook_names, render
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -40,7 +40,7 @@ def _public(cls) -> list[str]:
     return sorted({n for n in names if not n.startswith("_")})
 
 
-@pytest.mark.parametrize("cls", [Run, PluginInfo])
+@pytest.mark.parametrize("cls", [Run, PluginInfo, Head])
 def test_every_public_field_is_in_the_guide_reference(cls):
     guide = GUIDE.read_text()
     missing = [n for n in _public(cls) if f"`{n}`" not in guide and f"`{n}(" not in guide]

@@ -254,3 +254,30 @@ def test_the_adapters_activation_choices_are_the_activations_it_builds():
 
     choices = typing.get_args(AdaptersTable.model_fields["non_linearity"].annotation)
     assert set(choices) == set(ACTIVATIONS)
+
+
+def test_names_that_left_the_public_api_still_import_with_a_warning_naming_the_replacement():
+    import adapt
+    from adapt.modeling import load_task_model
+
+    with pytest.warns(DeprecationWarning, match=r"adapt.load_task_model is no longer public API: subclass adapt.Head"):
+        assert adapt.load_task_model is load_task_model
+    assert "load_task_model" not in adapt.__all__ and "Head" in adapt.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        adapt.nonexistent  # noqa: B018
+
+
+def test_a_head_subclass_missing_a_declaration_is_a_broken_plugin_naming_it():
+    from adapt import Head
+    from adapt.manager import Catalogue
+
+    class Incomplete(Head):
+        def resolve_names(self, run):
+            return ["a", "b"]
+
+        def make_metrics(self, run):
+            return None
+
+    catalogue = Catalogue.discover(extra={"incomplete": Incomplete})
+    assert "incomplete" not in catalogue.entries
+    assert "abstract" in catalogue.broken["incomplete"] and "encode" in catalogue.broken["incomplete"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import warnings
 from typing import Any
 
 from adapt.hookspecs import HOOK_API, hookimpl  # noqa: F401 - public
@@ -30,19 +31,15 @@ _EXPORTS = {
     "PluginInfo": "adapt.types",
     "Run": "adapt.context",
     "Table": "adapt.types",
+    "Head": "adapt.heads",
     "TextInputs": "adapt.heads",
     "encode_splits": "adapt.heads",
-    "encode_texts": "adapt.heads",
     "first_split": "adapt.heads",
-    "load_head_state": "adapt.heads",
     "row_values": "adapt.heads",
-    "save_head_state": "adapt.heads",
     "tokenize_texts": "adapt.heads",
     "from_pretrained_cached": "adapt.data",
     "load_file": "adapt.data",
     "require_columns": "adapt.data",
-    "example_logits": "adapt.inference",
-    "forward_batches": "adapt.inference",
     "atomic_dir": "adapt.io",
     "atomic_file": "adapt.io",
     "atomic_write_json": "adapt.io",
@@ -56,17 +53,27 @@ _EXPORTS = {
     "decay_groups": "adapt.modeling",
     "find_blocks": "adapt.modeling",
     "fresh_modules": "adapt.modeling",
-    "head_module_names": "adapt.modeling",
-    "label_config": "adapt.modeling",
-    "load_task_model": "adapt.modeling",
     "model_config": "adapt.modeling",
     "on_last_block_output": "adapt.modeling",
-    "preview_head_modules": "adapt.modeling",
-    "task_head_modules": "adapt.modeling",
     "load_model_folder": "adapt.weights",
     "load_tensors_into": "adapt.weights",
     "save_model_folder": "adapt.weights",
     "save_tensors": "adapt.weights",
+}
+
+# Names that left the public API, importable for one release with a DeprecationWarning naming what replaces them.
+_HEAD = "subclass adapt.Head, which does this (docs/plugins.md, 'A head')"
+_DEPRECATED = {
+    "encode_texts": ("adapt.heads", _HEAD),
+    "example_logits": ("adapt.inference", _HEAD),
+    "forward_batches": ("adapt.inference", _HEAD),
+    "load_head_state": ("adapt.heads", _HEAD),
+    "save_head_state": ("adapt.heads", _HEAD),
+    "label_config": ("adapt.modeling", _HEAD),
+    "load_task_model": ("adapt.modeling", _HEAD),
+    "task_head_modules": ("adapt.modeling", _HEAD),
+    "preview_head_modules": ("adapt.modeling", "adapt.Head names its modules; run.head_parameters() lists them"),
+    "head_module_names": ("adapt.modeling", "adapt.Head names its modules; run.head_parameters() lists them"),
 }
 
 __all__ = sorted(["HOOK_API", "hookimpl", *_EXPORTS])
@@ -74,6 +81,10 @@ __all__ = sorted(["HOOK_API", "hookimpl", *_EXPORTS])
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
+    if module is None and name in _DEPRECATED:
+        module, instead = _DEPRECATED[name]
+        warnings.warn(f"adapt.{name} is no longer public API: {instead}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), name)
     if module is None:
         raise AttributeError(f"module 'adapt' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

@@ -1,14 +1,20 @@
-"""Helpers that heads share: their state file and turning prediction rows into model features."""
+"""What heads share: `Head`, the base class of the classification-like heads, and the helpers it is built on."""
 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from adapt.errors import AdaptError
+from adapt.hookspecs import hookimpl
 from adapt.io import atomic_write_json
-from adapt.types import Table
+from adapt.types import PluginInfo, Table
+
+if TYPE_CHECKING:
+    from adapt.context import Run
+    from adapt.types import Metrics
 
 
 class TextInputs(Table):
@@ -86,3 +92,134 @@ def encode_splits(dataset: Any, function: Any, **options: Any) -> Any:
     return dataset.map(
         function, batched=True, remove_columns=first_split(dataset).column_names, fn_kwargs=options, desc="tokenising"
     )
+
+
+class Head(ABC):
+    """Base class of a head whose model is a transformers Auto class with a fresh output layer (sequence
+    classification, token classification, multi-label, regression): it implements the head's hooks, so a
+    subclass declares only what differs.
+
+    Declare as class attributes `table` (the recipe's [task] table, a `TextInputs` subclass for text inputs),
+    `summary`, `auto_class` (the name of a transformers Auto class), `task_type` (PEFT's name for the task) and,
+    when it is not labels.json with a "labels" list, `state_file` and `state_key` (and `requires_api`). Implement:
+
+    - `resolve_names(run)`: the names of the model's outputs in id order (classes, tags, targets), from the data
+      or the recipe; called once per run, the result is `self.names`;
+    - `encode(run, dataset)`: the raw splits as features (usually `adapt.encode_splits` with a batch function);
+    - `make_metrics(run)`: an `adapt.Metrics`;
+    - `format(run, given, logits, features)`: one prediction row from the row's input, its logits and features.
+
+    Override `config` (the model config's extra keys), `collator`, `prediction_inputs` (rows -> inputs and
+    features, for inputs other than `TextInputs`' texts), `state`/`restore` (more than the names) as needed. The
+    base implements `adapt_plugin_info`, `adapt_head_modules`, `adapt_load_model`, `adapt_encode`,
+    `adapt_make_collator`, `adapt_make_metrics`, `adapt_save_artifacts`, `adapt_restore_state` and
+    `adapt_predict`. Register the subclass itself as the entry point: one instance per run keeps its names.
+    """
+
+    table: ClassVar[type[Table]] = TextInputs
+    summary: ClassVar[str] = ""
+    requires_api: ClassVar[str | None] = None
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    task_type: ClassVar[str] = "SEQ_CLS"
+    state_file: ClassVar[str] = "labels.json"
+    state_key: ClassVar[str] = "labels"
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    # --- what a subclass declares (abstract: a subclass missing one is listed as a broken plugin) -------------
+
+    @abstractmethod
+    def resolve_names(self, run: Run) -> list[str]: ...
+
+    @abstractmethod
+    def encode(self, run: Run, dataset: Any) -> Any: ...
+
+    @abstractmethod
+    def make_metrics(self, run: Run) -> Metrics: ...
+
+    @abstractmethod
+    def format(self, run: Run, given: Any, logits: Any, features: dict[str, Any]) -> dict[str, Any]: ...
+
+    def config(self, run: Run, names: list[str]) -> dict[str, Any]:
+        """`from_pretrained` keyword arguments for the model's config: by default the names as its labels."""
+        from adapt.modeling import label_config
+
+        return label_config(names)
+
+    def collator(self, run: Run) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(run.tokenizer)  # pads each batch to its own longest example
+
+    def prediction_inputs(self, run: Run, rows: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
+        """(each row's input as shown in its prediction, each row's features): the rows' texts, tokenised."""
+        return encode_texts(run, rows, run.table(self.table))
+
+    def state(self, run: Run) -> dict[str, Any]:
+        """What restores the head without its training data (written to `state_file`)."""
+        return {self.state_key: self.names}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.names = list(state[self.state_key])
+
+    # --- the hooks ------------------------------------------------------------------------------------------
+
+    def output_names(self, run: Run) -> list[str]:
+        """`self.names`, resolved on first use."""
+        if not self.names:
+            self.names = self.resolve_names(run)
+        return self.names
+
+    def _auto(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    @hookimpl
+    def adapt_plugin_info(self) -> PluginInfo:
+        return PluginInfo(kind="head", table=self.table, summary=self.summary, requires_api=self.requires_api)
+
+    @hookimpl
+    def adapt_head_modules(self, run: Run) -> list[str]:
+        from adapt.modeling import task_head_modules
+
+        return task_head_modules(run, self._auto(), **self.config(run, self.output_names(run)))
+
+    @hookimpl
+    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]) -> Any:
+        from adapt.modeling import load_task_model
+
+        config = self.config(run, self.output_names(run))
+        return load_task_model(run, self._auto(), load_kwargs, self.task_type, **config)
+
+    @hookimpl
+    def adapt_encode(self, run: Run, dataset: Any) -> Any:
+        return self.encode(run, dataset)
+
+    @hookimpl
+    def adapt_make_collator(self, run: Run) -> Any:
+        return self.collator(run)
+
+    @hookimpl
+    def adapt_make_metrics(self, run: Run) -> Metrics:
+        return self.make_metrics(run)
+
+    @hookimpl
+    def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
+        save_head_state(directory, self.state(run), self.state_file)
+
+    @hookimpl
+    def adapt_restore_state(self, run: Run, directory: Path) -> None:
+        self.restore(load_head_state(directory, run.recipe.head, self.state_file))
+
+    @hookimpl
+    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from adapt.inference import example_logits
+
+        inputs, features = self.prediction_inputs(run, rows)
+        outputs = example_logits(run, features, self.collator(run))
+        return [
+            self.format(run, given, logits, example)
+            for given, logits, example in zip(inputs, outputs, features, strict=True)
+        ]

@@ -157,8 +157,9 @@ def test_eval_reloads_what_the_run_trained(run_recipe, tiny_recipe, capsys):
 HEAD = '''\
 """$dist: $summary.
 
-A head builds the task model (adapt_head_modules, adapt_load_model), turns rows into features (adapt_encode), pads
-them (adapt_make_collator), scores evaluations (adapt_make_metrics) and answers `adapt predict` (adapt_predict).
+A head subclasses adapt.Head, which implements the head's hooks (model loading, the collator, save/restore, predict).
+The subclass declares its table, the names of the model's outputs, how rows become features, its metrics and how one
+prediction looks.
 """
 
 from __future__ import annotations
@@ -167,19 +168,7 @@ from typing import Any
 
 from pydantic import Field
 
-from adapt import (
-    PluginInfo,
-    Run,
-    TextInputs,
-    encode_splits,
-    encode_texts,
-    example_logits,
-    hookimpl,
-    load_task_model,
-    require_columns,
-    task_head_modules,
-    tokenize_texts,
-)
+from adapt import Head, Run, TextInputs, encode_splits, require_columns, tokenize_texts
 
 
 class ${cls}Table(TextInputs):
@@ -214,29 +203,19 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, max
     return features
 
 
-class $cls:
-    @hookimpl
-    def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="head", table=${cls}Table, summary="$summary", requires_api="$hook_api")
+class $cls(Head):
+    """A class entry point: one instance per run keeps that run's class names (saved to labels.json)."""
 
-    @hookimpl
-    def adapt_head_modules(self, run: Run) -> list[str]:
-        from transformers import AutoModelForSequenceClassification
+    table = ${cls}Table
+    summary = "$summary"
+    requires_api = "$hook_api"
+    auto_class = "AutoModelForSequenceClassification"  # any transformers Auto class with a fresh output layer
+    task_type = "SEQ_CLS"  # PEFT's name for the task
 
-        num_labels = run.table(${cls}Table).num_labels
-        return task_head_modules(run, AutoModelForSequenceClassification, num_labels=num_labels)
+    def resolve_names(self, run: Run) -> list[str]:
+        return [str(i) for i in range(run.table(${cls}Table).num_labels)]
 
-    @hookimpl
-    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
-        from transformers import AutoModelForSequenceClassification
-
-        table = run.table(${cls}Table)
-        return load_task_model(
-            run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", num_labels=table.num_labels
-        )
-
-    @hookimpl
-    def adapt_encode(self, run: Run, dataset) -> Any:
+    def encode(self, run: Run, dataset) -> Any:
         table = run.table(${cls}Table)
         require_columns(dataset, {**table.input_columns(), "label_column": table.label_column})
         return encode_splits(
@@ -249,24 +228,12 @@ class $cls:
             max_length=run.recipe.data.max_length,
         )
 
-    @hookimpl
-    def adapt_make_collator(self, run: Run):
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(run.tokenizer)  # pads each batch to its own longest example
-
-    @hookimpl
-    def adapt_make_metrics(self) -> Accuracy:
+    def make_metrics(self, run: Run) -> Accuracy:
         return Accuracy()
 
-    @hookimpl
-    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        texts, features = encode_texts(run, rows, run.table(${cls}Table))
-        results = []
-        for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):
-            probs = logits.softmax(-1)
-            results.append({"text": text, "label": int(probs.argmax()), "score": float(probs.max())})
-        return results
+    def format(self, run: Run, given: Any, logits: Any, features: dict[str, Any]) -> dict[str, Any]:
+        probs = logits.softmax(-1)
+        return {"text": given, "label": int(probs.argmax()), "score": float(probs.max())}
 '''
 
 HEAD_TEST = '''\

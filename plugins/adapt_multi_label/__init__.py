@@ -6,32 +6,21 @@ column per label. The threshold is the recipe's (`adapt eval|predict --set task.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
 from adapt import (
     DataError,
-    PluginInfo,
+    Head,
     Run,
     TextInputs,
     encode_splits,
-    encode_texts,
-    example_logits,
     first_split,
-    hookimpl,
-    label_config,
-    load_head_state,
-    load_task_model,
     require_columns,
-    save_head_state,
-    task_head_modules,
     tokenize_texts,
 )
 from adapt_multi_label.metrics import MultiLabelMetrics
-
-NAME = "multi-label"
 
 
 class MultiLabelTable(TextInputs):
@@ -101,20 +90,14 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, column, co
     return features
 
 
-class MultiLabel:
-    def __init__(self) -> None:
-        self.labels: list[str] = []
+class MultiLabel(Head):
+    table = MultiLabelTable
+    summary = "several labels per text; micro/macro F1"
 
-    @hookimpl
-    def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="head", table=MultiLabelTable, summary="several labels per text; micro/macro F1")
-
-    def _resolve(self, run: Run) -> list[str]:
-        if not self.labels:
-            table = run.table(MultiLabelTable)
-            self._check_columns(run.dataset, table)
-            self.labels = label_names(run.dataset, table)
-        return self.labels
+    def resolve_names(self, run: Run) -> list[str]:
+        table = run.table(MultiLabelTable)
+        self._check_columns(run.dataset, table)
+        return label_names(run.dataset, table)
 
     @staticmethod
     def _check_columns(dataset, table: MultiLabelTable) -> None:
@@ -125,26 +108,13 @@ class MultiLabel:
             columns[f"label_columns[{i}]"] = column
         require_columns(dataset, columns)
 
-    def _config(self, run: Run) -> dict[str, Any]:
-        return {**label_config(self._resolve(run)), "problem_type": "multi_label_classification"}
+    def config(self, run: Run, names: list[str]) -> dict[str, Any]:
+        return {**super().config(run, names), "problem_type": "multi_label_classification"}
 
-    @hookimpl
-    def adapt_head_modules(self, run: Run) -> list[str]:
-        from transformers import AutoModelForSequenceClassification
-
-        return task_head_modules(run, AutoModelForSequenceClassification, **self._config(run))
-
-    @hookimpl
-    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
-        from transformers import AutoModelForSequenceClassification
-
-        return load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **self._config(run))
-
-    @hookimpl
-    def adapt_encode(self, run: Run, dataset) -> Any:
+    def encode(self, run: Run, dataset) -> Any:
         table = run.table(MultiLabelTable)
         self._check_columns(dataset, table)
-        labels = self._resolve(run)
+        labels = self.output_names(run)
         by_id = table.label_column is not None and holds_ids(dataset, table.label_column)
         index = {i: i for i in range(len(labels))} if by_id else {name: i for i, name in enumerate(labels)}
         return encode_splits(
@@ -159,32 +129,14 @@ class MultiLabel:
             max_length=run.recipe.data.max_length,
         )
 
-    @hookimpl
-    def adapt_make_collator(self, run: Run):
-        from transformers import DataCollatorWithPadding
+    def make_metrics(self, run: Run) -> MultiLabelMetrics:
+        return MultiLabelMetrics(len(self.output_names(run)), run.table(MultiLabelTable).threshold)
 
-        return DataCollatorWithPadding(run.tokenizer)
+    def state(self, run: Run) -> dict[str, Any]:
+        return {"labels": self.names, "threshold": run.table(MultiLabelTable).threshold}
 
-    @hookimpl
-    def adapt_make_metrics(self, run: Run) -> MultiLabelMetrics:
-        return MultiLabelMetrics(len(self._resolve(run)), run.table(MultiLabelTable).threshold)
-
-    @hookimpl
-    def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
-        save_head_state(directory, {"labels": self.labels, "threshold": run.table(MultiLabelTable).threshold})
-
-    @hookimpl
-    def adapt_restore_state(self, directory: Path) -> None:
-        self.labels = load_head_state(directory, NAME)["labels"]
-
-    @hookimpl
-    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def format(self, run: Run, given: Any, logits: Any, features: dict[str, Any]) -> dict[str, Any]:
         """The labels whose probability exceeds the threshold, and every label's probability."""
-        table = run.table(MultiLabelTable)
-        texts, features = encode_texts(run, rows, table)
-        results = []
-        for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):
-            scores = dict(zip(self.labels, logits.sigmoid().tolist(), strict=True))
-            chosen = [name for name, p in scores.items() if p > table.threshold]
-            results.append({"text": text, "labels": chosen, "scores": scores})
-        return results
+        scores = dict(zip(self.names, logits.sigmoid().tolist(), strict=True))
+        chosen = [name for name, p in scores.items() if p > run.table(MultiLabelTable).threshold]
+        return {"text": given, "labels": chosen, "scores": scores}

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from adapt import (
     DataError,
-    PluginInfo,
+    Head,
     Run,
     TextInputs,
     encode_splits,
-    encode_texts,
-    example_logits,
     first_split,
     hookimpl,
-    label_config,
-    load_head_state,
-    load_task_model,
     require_columns,
-    save_head_state,
-    task_head_modules,
     tokenize_texts,
 )
 from adapt_sequence_classification.labels import check_known_labels, class_weights, label_names, label_to_id
 from adapt_sequence_classification.metrics import ClassificationMetrics
-
-NAME = "sequence-classification"
 
 
 class SequenceClassificationTable(TextInputs):
@@ -59,35 +49,29 @@ def check_columns(dataset, table: SequenceClassificationTable) -> None:
     require_columns(dataset, columns)
 
 
-class SequenceClassification:
+class SequenceClassification(Head):
     """Registered per run (a class entry point), so the label list is this run's."""
 
+    table = SequenceClassificationTable
+    summary = "one label per text; accuracy, macro-F1"
+
     def __init__(self) -> None:
-        self.labels: list[str] = []
+        super().__init__()
         self.weights: list[float] | None = None
         self.weight_tensor = None
 
-    @hookimpl
-    def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(
-            kind="head", table=SequenceClassificationTable, summary="one label per text; accuracy, macro-F1"
-        )
+    def resolve_names(self, run: Run) -> list[str]:
+        """Check the recipe's columns against the data, then read the label names."""
+        table = run.table(SequenceClassificationTable)
+        if run.dataset is None and run.planning:  # planning without the data: the recipe's classes
+            return table.label_names or [str(i) for i in range(table.num_labels or 2)]
+        check_columns(run.dataset, table)
+        return label_names(run.dataset, table.label_column, table.num_labels, table.label_names)
 
-    def _resolve_labels(self, run: Run) -> list[str]:
-        """Check the recipe's columns against the data, then read the label names (once per run)."""
-        if not self.labels:
-            table = run.table(SequenceClassificationTable)
-            if run.dataset is None and run.planning:  # planning without the data: the recipe's classes
-                return table.label_names or [str(i) for i in range(table.num_labels or 2)]
-            check_columns(run.dataset, table)
-            self.labels = label_names(run.dataset, table.label_column, table.num_labels, table.label_names)
-        return self.labels
-
-    @hookimpl
-    def adapt_encode(self, run: Run, dataset) -> Any:
+    def encode(self, run: Run, dataset) -> Any:
         table = run.table(SequenceClassificationTable)
         check_columns(dataset, table)
-        labels = self._resolve_labels(run)
+        labels = self.output_names(run)
         mapping = label_to_id(first_split(dataset), table.label_column, labels)
         check_known_labels(dataset, table.label_column, labels, mapping)
         encoded = encode_splits(
@@ -104,6 +88,22 @@ class SequenceClassification:
             self.weights = class_weights(encoded["train"], labels, table.class_weights)
         return encoded
 
+    def make_metrics(self, run: Run) -> ClassificationMetrics:
+        return ClassificationMetrics(len(self.output_names(run)))
+
+    def format(self, run: Run, given: Any, logits: Any, features: dict[str, Any]) -> dict[str, Any]:
+        """The top label with its probability, and the probability of every label."""
+        probs = logits.softmax(-1).tolist()
+        top = max(range(len(probs)), key=probs.__getitem__)
+        scores = dict(zip(self.names, probs, strict=True))
+        return {"text": given, "label": self.names[top], "score": probs[top], "scores": scores}
+
+    def state(self, run: Run) -> dict[str, Any]:
+        return {"labels": self.names, "class_weights": self.weights}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.names, self.weights = list(state["labels"]), state.get("class_weights")
+
     @hookimpl
     def adapt_compute_loss(self, batch: dict[str, Any], outputs: Any):
         """Class-weighted cross-entropy when the recipe asks for weights; otherwise the model's own loss."""
@@ -115,48 +115,3 @@ class SequenceClassification:
         if self.weight_tensor is None:
             self.weight_tensor = torch.tensor(self.weights, dtype=torch.float32, device=logits.device)
         return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=self.weight_tensor)
-
-    @hookimpl
-    def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
-        save_head_state(directory, {"labels": self.labels, "class_weights": self.weights})
-
-    @hookimpl
-    def adapt_restore_state(self, directory: Path) -> None:
-        state = load_head_state(directory, NAME)
-        self.labels, self.weights = state["labels"], state.get("class_weights")
-
-    @hookimpl
-    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The top label with its probability, and the probability of every label."""
-        table = run.table(SequenceClassificationTable)
-        texts, features = encode_texts(run, rows, table)
-        results = []
-        for text, logits in zip(texts, example_logits(run, features, self.adapt_make_collator(run)), strict=True):
-            probs = logits.softmax(-1).tolist()
-            top = max(range(len(probs)), key=probs.__getitem__)
-            scores = dict(zip(self.labels, probs, strict=True))
-            results.append({"text": text, "label": self.labels[top], "score": probs[top], "scores": scores})
-        return results
-
-    @hookimpl
-    def adapt_head_modules(self, run: Run) -> list[str]:
-        from transformers import AutoModelForSequenceClassification
-
-        return task_head_modules(run, AutoModelForSequenceClassification, **label_config(self._resolve_labels(run)))
-
-    @hookimpl
-    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
-        from transformers import AutoModelForSequenceClassification
-
-        labels = label_config(self._resolve_labels(run))
-        return load_task_model(run, AutoModelForSequenceClassification, load_kwargs, "SEQ_CLS", **labels)
-
-    @hookimpl
-    def adapt_make_collator(self, run: Run):
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(run.tokenizer)
-
-    @hookimpl
-    def adapt_make_metrics(self, run: Run) -> ClassificationMetrics:
-        return ClassificationMetrics(len(self._resolve_labels(run)))

@@ -7,30 +7,20 @@ the CoNLL sense (seqeval), plus token accuracy over labelled positions.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from adapt import (
     DataError,
-    PluginInfo,
+    Head,
     Run,
     Table,
     encode_splits,
-    example_logits,
     first_split,
-    hookimpl,
-    label_config,
-    load_head_state,
-    load_task_model,
     require_columns,
     row_values,
-    save_head_state,
-    task_head_modules,
 )
 from adapt_token_classification.align import IGNORED, encode_words
 from adapt_token_classification.metrics import EntityMetrics
-
-NAME = "token-classification"
 
 
 class TokenClassificationTable(Table):
@@ -75,44 +65,28 @@ def check_rows(dataset, table: TokenClassificationTable, tags: list[str], mappin
                 )
 
 
-class TokenClassification:
+class TokenClassification(Head):
     """Registered per run: it keeps this run's tag list."""
 
-    def __init__(self) -> None:
-        self.tags: list[str] = []
+    table = TokenClassificationTable
+    summary = "one tag per word; entity P/R/F1"
+    auto_class = "AutoModelForTokenClassification"
+    task_type = "TOKEN_CLS"
+    state_key = "tags"
 
-    @hookimpl
-    def adapt_plugin_info(self) -> PluginInfo:
-        return PluginInfo(kind="head", table=TokenClassificationTable, summary="one tag per word; entity P/R/F1")
-
-    def _resolve_tags(self, run: Run) -> list[str]:
-        if not self.tags:
-            self._check_columns(run.dataset, run.table(TokenClassificationTable))
-            self.tags = tag_names(run.dataset, run.table(TokenClassificationTable).tags_column)
-        return self.tags
+    def resolve_names(self, run: Run) -> list[str]:
+        table = run.table(TokenClassificationTable)
+        self._check_columns(run.dataset, table)
+        return tag_names(run.dataset, table.tags_column)
 
     @staticmethod
     def _check_columns(dataset, table: TokenClassificationTable) -> None:
         require_columns(dataset, {"tokens_column": table.tokens_column, "tags_column": table.tags_column})
 
-    @hookimpl
-    def adapt_head_modules(self, run: Run) -> list[str]:
-        from transformers import AutoModelForTokenClassification
-
-        return task_head_modules(run, AutoModelForTokenClassification, **label_config(self._resolve_tags(run)))
-
-    @hookimpl
-    def adapt_load_model(self, run: Run, load_kwargs: dict[str, Any]):
-        from transformers import AutoModelForTokenClassification
-
-        tags = label_config(self._resolve_tags(run))
-        return load_task_model(run, AutoModelForTokenClassification, load_kwargs, "TOKEN_CLS", **tags)
-
-    @hookimpl
-    def adapt_encode(self, run: Run, dataset) -> Any:
+    def encode(self, run: Run, dataset) -> Any:
         table = run.table(TokenClassificationTable)
         self._check_columns(dataset, table)
-        tags = self._resolve_tags(run)
+        tags = self.output_names(run)
         feature = getattr(first_split(dataset).features[table.tags_column], "feature", None)
         mapping = None if getattr(feature, "names", None) else {t: i for i, t in enumerate(tags)}
         check_rows(dataset, table, tags, mapping)
@@ -126,52 +100,40 @@ class TokenClassification:
             max_length=run.recipe.data.max_length,
         )
 
-    @hookimpl
-    def adapt_make_collator(self, run: Run):
+    def collator(self, run: Run) -> Any:
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(run.tokenizer)
 
-    @hookimpl
-    def adapt_make_metrics(self, run: Run) -> EntityMetrics:
-        return EntityMetrics(self._resolve_tags(run))
+    def make_metrics(self, run: Run) -> EntityMetrics:
+        return EntityMetrics(self.output_names(run))
 
-    @hookimpl
-    def adapt_save_artifacts(self, directory: Path) -> None:
-        save_head_state(directory, {"tags": self.tags})
-
-    @hookimpl
-    def adapt_restore_state(self, directory: Path) -> None:
-        self.tags = load_head_state(directory, NAME)["tags"]
-
-    @hookimpl
-    def adapt_predict(self, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A tag per word (texts are split on whitespace) and the entities those tags spell."""
-        import torch
-        from seqeval.metrics.sequence_labeling import get_entities
-
+    def prediction_inputs(self, run: Run, rows: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Each row's words (a text is split on whitespace), tokenised with its first sub-tokens marked."""
         table = run.table(TokenClassificationTable)
         given = row_values(rows, table.tokens_column, "task.tokens_column")
         words = [w.split() if isinstance(w, str) else list(w) for w in given]
-        dummy = [[self.tags[0]] * len(w) for w in words]  # alignment needs tags; only the positions matter
+        dummy = [[self.names[0]] * len(w) for w in words]  # alignment needs tags; only the positions matter
         features = encode_words(
             {"words": words, "tags": dummy},
             tokenizer=run.tokenizer,
             words="words",
             tags="tags",
-            mapping={self.tags[0]: 0},
+            mapping={self.names[0]: 0},
             max_length=run.recipe.data.max_length,
         )
-        encoded = [{name: features[name][i] for name in features} for i in range(len(words))]
-        outputs = example_logits(run, encoded, self.adapt_make_collator(run))
-        results = []
-        for example, logits, sentence in zip(encoded, outputs, words, strict=True):
-            first_tokens = torch.tensor(example["labels"]) != IGNORED
-            tags = [self.tags[t] for t in logits.argmax(-1)[first_tokens].tolist()]
-            tags += ["O"] * (len(sentence) - len(tags))  # words cut off by data.max_length
-            entities = [
-                {"text": " ".join(sentence[start : end + 1]), "type": kind, "start": start, "end": end + 1}
-                for kind, start, end in get_entities(tags)
-            ]
-            results.append({"words": sentence, "tags": tags, "entities": entities})
-        return results
+        return words, [{name: features[name][i] for name in features} for i in range(len(words))]
+
+    def format(self, run: Run, given: Any, logits: Any, features: dict[str, Any]) -> dict[str, Any]:
+        """A tag per word and the entities those tags spell."""
+        import torch
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        first_tokens = torch.tensor(features["labels"]) != IGNORED
+        tags = [self.names[t] for t in logits.argmax(-1)[first_tokens].tolist()]
+        tags += ["O"] * (len(given) - len(tags))  # words cut off by data.max_length
+        entities = [
+            {"text": " ".join(given[start : end + 1]), "type": kind, "start": start, "end": end + 1}
+            for kind, start, end in get_entities(tags)
+        ]
+        return {"words": given, "tags": tags, "entities": entities}
