@@ -84,27 +84,22 @@ def adapt_with_crash(install_fixture):
 
 
 class _Capture:
-    """Keeps the run and a copy of its parameters as training starts."""
+    """Keeps a copy of the parameters as training starts."""
 
     def adapt_on_train_start(self, run):
-        self.run = run
         self.before = {name: p.detach().clone() for name, p in run.unwrapped_model.named_parameters()}
 
 
 @pytest.fixture
-def train_tiny(tiny_recipe, monkeypatch):
-    """`adapt run` on the tiny model through the library; returns (run, parameters before training, summary)."""
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe
-
+def train_tiny(tiny_recipe, run_recipe, monkeypatch):
+    """adapt.testing's `run_recipe` on the tiny recipe with `changes`; returns (run, parameters before training,
+    summary)."""
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
 
     def train(overrides=(), **changes):
         capture = _Capture()
-        catalogue = Catalogue.discover(extra={"capture": capture})
-        summary = run_recipe(load_recipe(tiny_recipe(**changes), catalogue.infos, overrides), catalogue)
-        return capture.run, capture.before, summary
+        trained = run_recipe(tiny_recipe(**changes), plugins={"capture": capture}, overrides=overrides)
+        return trained.run, capture.before, trained.summary
 
     return train
 

@@ -62,10 +62,9 @@ class Recipe:
         """The validated table of `plugin`: a plugin name, or the plugin's own Table class (typed, and without
         repeating the entry-point name)."""
         if isinstance(plugin, type):
-            found = [table for table in self.tables.values() if type(table) is plugin]
-            if len(found) == 1:
-                return found[0]
             owners = [name for name, table in self.tables.items() if type(table) is plugin]
+            if len(owners) == 1:
+                return self.tables[owners[0]]
             why = f"plugins {', '.join(owners)} share it; ask by name" if owners else "no plugin of this run has it"
             raise KeyError(
                 f"no single recipe table of type {plugin.__name__}: {why} (selected: {', '.join(self.tables)})"

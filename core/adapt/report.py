@@ -13,8 +13,7 @@ if TYPE_CHECKING:
     from adapt.build import ParamCount
     from adapt.context import Run
 
-# summary.json -> versions: name -> the distribution it is read from (adapt's is adapt-peft)
-VERSIONED = {"adapt": "adapt-peft", **{n: n for n in ("torch", "transformers", "peft", "accelerate", "datasets")}}
+VERSIONED = ("torch", "transformers", "peft", "accelerate", "datasets")  # besides adapt's own
 
 
 def peak_memory() -> dict[str, float]:
@@ -90,8 +89,11 @@ def show_notes(notes: list[str]) -> None:
 
 
 def versions() -> dict[str, str]:
+    """summary.json -> versions: adapt's (read from its distribution, adapt-peft) and its main libraries'."""
+    from adapt.manager import BUILTIN_DISTRIBUTION
+
     found = {}
-    for name, distribution in VERSIONED.items():
+    for name, distribution in {"adapt": BUILTIN_DISTRIBUTION, **{n: n for n in VERSIONED}}.items():
         try:
             found[name] = version(distribution)
         except PackageNotFoundError:

@@ -105,39 +105,37 @@ def _lm_tokenizer(folder: Path):
     return tokenizer
 
 
+def _tiny_causal_lm(tmp_path_factory, name: str, config_class: str, model_class: str, **config: Any) -> Path:
+    """A causal LM from a config, saved with the word-level tokenizer (seeded: the same weights every session)."""
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp(name)
+    tokenizer = _lm_tokenizer(folder)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(vocab_size=len(tokenizer), **config))
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     """A 2-layer GPT-2 (hidden 32) with a word-level tokenizer that has a chat template."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tokenizer = _lm_tokenizer(folder)
     # embeddings (tied to the output layer) large enough that a frozen one can still give confident logits
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=2, eos_token_id=3,
-        initializer_range=0.2,
+    return _tiny_causal_lm(
+        tmp_path_factory, "tiny-gpt2", "GPT2Config", "GPT2LMHeadModel",
+        n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=2, eos_token_id=3, initializer_range=0.2,
     )  # fmt: skip
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A 2-layer LLaMA (hidden 32, grouped-query attention) with the GPT-2 fixture's tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = _lm_tokenizer(folder)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+    return _tiny_causal_lm(
+        tmp_path_factory, "tiny-llama", "LlamaConfig", "LlamaForCausalLM",
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
     )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

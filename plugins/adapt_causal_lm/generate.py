@@ -4,12 +4,8 @@
 from __future__ import annotations
 
 from itertools import groupby
-from typing import TYPE_CHECKING
 
 from adapt import Run
-
-if TYPE_CHECKING:
-    pass
 
 
 def generate(run: Run, prompts: list[list[int]], eos: int, max_new_tokens: int, batch_size: int = 16) -> list[str]:

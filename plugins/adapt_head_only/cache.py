@@ -18,7 +18,6 @@ KEY_INPUTS = ("input_ids", "token_type_ids")
 
 class FeatureCache:
     def __init__(self, backbone: torch.nn.Module, limit_bytes: int):
-
         self.backbone = backbone
         self.limit_bytes = limit_bytes
         self.entries: dict[bytes, dict[str, torch.Tensor]] = {}
@@ -125,7 +124,6 @@ class FeatureCache:
         return tensors
 
     def import_entries(self, tensors: dict[str, torch.Tensor]) -> None:
-
         fields: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
             index, dot, field = name.partition(".")

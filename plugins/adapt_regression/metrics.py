@@ -34,7 +34,6 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class RegressionMetrics:
     def __init__(self, targets: list[str]):
-
         self.targets = targets
         self.predictions: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
