@@ -41,3 +41,7 @@ def test_new_plugin_refuses_bad_names_and_existing_folders_writing_nothing(tmp_p
     assert main(["new-plugin", "taken", "--kind", "head", "--dir", str(tmp_path)]) == 2
     assert "already exists; nothing was written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapt-taken"]
+    unwritable = tmp_path / "not-a-folder"
+    unwritable.write_text("a file where the parent folder should be")
+    assert main(["new-plugin", "fine", "--kind", "method", "--dir", str(unwritable)]) == 2
+    assert f"--dir {unwritable}: cannot write the package there" in capsys.readouterr().err

@@ -380,11 +380,16 @@ def new_plugin(name: str, kind: str, parent: Path) -> Path:
     }
     staging = parent / f".{dist}.tmp"  # everything or nothing: written aside, then renamed into place
     shutil.rmtree(staging, ignore_errors=True)
-    for relative, template in files.items():
-        path = staging / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(Template(template).substitute(fields))
-    staging.rename(folder)
+    try:
+        for relative, template in files.items():
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(Template(template).substitute(fields))
+        staging.rename(folder)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"--dir {parent}: cannot write the package there ({why}); nothing was written") from None
     return folder
 
 
