@@ -167,3 +167,33 @@ def same_gradients_with_checkpointing(tiny_recipe, monkeypatch):
             torch.testing.assert_close(recomputed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
     return check
+
+
+@pytest.fixture
+def live_tensors():
+    """`live_tensors(outside)`: a dispatch mode that tracks the bytes of the tensors made inside it that are still
+    alive (`.alive`: storage -> bytes; `.peak`: the most at once). Each storage counts once; views of the tensors
+    in `outside` (weights, the batch), such as a weight's transpose, are not new memory."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveTensors(TorchDispatchMode):
+        def __init__(self, outside):
+            super().__init__()
+            self.outside = {t.untyped_storage()._cdata for t in outside}
+            self.alive: dict[int, int] = {}
+            self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in torch.utils._pytree.tree_leaves(out):
+                key = t.untyped_storage()._cdata if isinstance(t, torch.Tensor) else None
+                if key is not None and key not in self.outside and key not in self.alive:
+                    self.alive[key] = t.untyped_storage().nbytes()
+                    weakref.finalize(t.untyped_storage(), self.alive.pop, key, None)
+            self.peak = max(self.peak, sum(self.alive.values()))
+            return out
+
+    return LiveTensors

@@ -61,6 +61,45 @@ def test_activations_counted_on_meta_are_those_saved_on_a_real_model(tiny_bert_d
     assert counts["cpu"].checkpointed < counts["cpu"].full
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "methods",
+    [
+        {"lora": {"r": 4, "target_modules": ["query", "value"]}},
+        FULL,
+        {"int8": {"bits": 8}, "lora": {"r": 4, "target_modules": ["query", "value"]}},
+    ],
+    ids=["lora", "full", "int8+lora"],
+)
+def test_planned_activations_are_what_the_real_forward_pass_keeps(methods, precision, tiny_recipe, live_tensors):
+    """After a real forward pass on the plan's batch, what is alive is what the plan counted: LLM.int8 layers
+    keep their input for the backward pass (bitsandbytes holds it on its autograd context, unseen by saved-tensor
+    hooks), so the meta model's stand-ins keep it too."""
+    if "int8" in methods:
+        pytest.importorskip("bitsandbytes")
+    from adapt.build import build_model, encode, longest_rows, start_run
+    from adapt.manager import Catalogue
+    from adapt.recipe import load_recipe
+
+    recipe_path = tiny_recipe(methods=methods, train={"batch_size": 16, "precision": precision})
+    plan = _plan(recipe_path, "cpu")
+    catalogue = Catalogue.discover()
+    run, hooks = start_run(load_recipe(recipe_path, catalogue.infos), catalogue)
+    encode(run, hooks)
+    build_model(run, hooks)
+    batch = hooks.make_collator(run=run)(longest_rows(run.encoded["train"], 16))
+    assert plan.length == batch["input_ids"].shape[1]
+    run.model.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with live_tensors([*run.model.parameters(), *run.model.buffers(), *batch.values()]) as live, autocast:
+        outputs = run.model(**batch)
+        loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
+        kept = sum(live.alive.values())
+    assert loss.requires_grad
+    # the outputs (logits, loss) are alive too: a few hundred bytes
+    assert plan.activations_without_checkpointing == pytest.approx(kept, rel=0.03)
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_path, tiny_bert_dir):
     """The plan's weight bytes for a quantised base equal the loaded model's parameters and buffers."""
@@ -293,3 +332,15 @@ def test_the_plans_meta_model_has_the_real_models_parameters(methods, tiny_recip
         assert plan.activations_with_checkpointing == plan.activations_without_checkpointing
     else:
         assert plan.activations_with_checkpointing < plan.activations_without_checkpointing
+
+
+def test_a_cpu_plan_allows_for_the_heap_growing_through_a_long_run(tiny_recipe):
+    """On a CPU the resident peak of a long run is above its first steps' (the heap grows as batches of other
+    lengths come and go); the plan knows the run's length from the data. GPU plans count live tensors only."""
+    short = _plan(tiny_recipe(train={"max_steps": 2}), "cpu")
+    long = _plan(tiny_recipe(train={"epochs": 100}), "cpu")
+    assert short.micro_batches == 2 and long.micro_batches == 100 * 12  # 192 rows in batches of 16
+    assert long.planned_peak_bytes > short.planned_peak_bytes
+    assert _plan(tiny_recipe(train={"max_steps": 2}), "24GiB").planned_peak_bytes == (
+        _plan(tiny_recipe(train={"epochs": 100}), "24GiB").planned_peak_bytes
+    )

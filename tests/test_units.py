@@ -31,6 +31,18 @@ def test_length_grouping_covers_every_example_once_and_cuts_padding():
     assert padding_efficiency(lens, plain.batches()) < 0.6
 
 
+def test_the_longest_example_is_in_the_first_batch_of_every_epoch():
+    """A batch too big for memory fails at the first step, and the run's memory peak is reached there."""
+    lens = lengths()
+    for grouped in (True, False):
+        sampler = LengthGroupedBatches(lens, 32, seed=3, group_by_length=grouped)
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            batches = sampler.batches()
+            assert max(lens[i] for i in batches[0]) == max(lens)
+            assert sorted(i for b in batches for i in b) == list(range(len(lens)))
+
+
 def test_length_grouping_is_seeded_and_changes_per_epoch():
     lens = lengths()
     a, b = LengthGroupedBatches(lens, 32, seed=1), LengthGroupedBatches(lens, 32, seed=1)

@@ -11,6 +11,10 @@ class LengthGroupedBatches:
 
     Each epoch: shuffle all indices, cut them into pools of `pool` batches, sort each pool by length,
     cut it into batches, then shuffle the batches. With `group_by_length=False` it is a plain shuffle.
+    Either way the batch holding the longest example goes first (swapped with the first), as HF Trainer's
+    length grouping does: a batch too big for memory fails at the first step rather than hours in, and the
+    memory a run needs is reached at once (freed memory is then reused by the smaller batches instead of the
+    heap growing through the epoch as longer batches turn up).
     Deterministic for a given seed and epoch (`set_epoch`), so every process draws the same batches.
     """
 
@@ -38,13 +42,17 @@ class LengthGroupedBatches:
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         if not self.group_by_length:
-            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        span = self.batch_size * self.pool
-        batches = []
-        for start in range(0, len(order), span):
-            pool = sorted(order[start : start + span], key=self.lengths.__getitem__, reverse=True)
-            batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
-        rng.shuffle(batches)
+            batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        else:
+            span = self.batch_size * self.pool
+            batches = []
+            for start in range(0, len(order), span):
+                pool = sorted(order[start : start + span], key=self.lengths.__getitem__, reverse=True)
+                batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+            rng.shuffle(batches)
+        if batches:
+            longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
+            batches[0], batches[longest] = batches[longest], batches[0]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -69,6 +69,7 @@ class Weights:
     float_linear_bytes: int  # the linear layers a 4-bit base would quantise, at their current dtype
     float_linear_numel: int
     float_linear_rows: int
+    quantised_source_bytes: int = 0  # the quantised layers as loaded (in the checkpoint's dtype), before quantising
 
     @property
     def total(self) -> int:
@@ -102,6 +103,7 @@ def weight_bytes(model: torch.nn.Module, quantization_config: Any, skip: list[st
         float_linear_bytes=sum(m.weight.numel() * m.weight.element_size() for m in candidates),
         float_linear_numel=sum(m.weight.numel() for m in candidates),
         float_linear_rows=sum(m.weight.shape[0] for m in candidates),
+        quantised_source_bytes=sum(m.weight.numel() * m.weight.element_size() for m in quantised.values()),
     )
 
 
@@ -126,17 +128,19 @@ class Activations:
     per_block: list[int] = field(default_factory=list)  # saved inside each transformer block
     block_inputs: list[int] = field(default_factory=list)  # each block's input (what checkpointing keeps)
     largest: int = 0  # the largest saved tensor (its gradient is the backward's biggest buffer)
+    held: int = 0  # kept for the backward pass outside autograd's saved tensors (see QuantisedOnMeta)
 
     @property
     def full(self) -> int:
-        return self.outside_blocks + sum(self.per_block)
+        return self.outside_blocks + sum(self.per_block) + self.held
 
     @property
     def checkpointed(self) -> int:
         """Non-reentrant checkpointing keeps the input of each block that needs a backward pass (a frozen block
-        under a trained one needs none) and recomputes one block at a time."""
+        under a trained one needs none) and recomputes one block at a time; what is held outside autograd
+        stays."""
         kept = sum(size for size, saved in zip(self.block_inputs, self.per_block, strict=True) if saved)
-        return self.outside_blocks + kept + max(self.per_block, default=0)
+        return self.outside_blocks + kept + max(self.per_block, default=0) + self.held
 
 
 # torch.autocast's op lists (torch/csrc/autograd/autocast docs), by the names the ops have at the Python level:
@@ -180,6 +184,40 @@ class AutocastOnMeta(TorchFunctionMode):
             args = tuple(cast(a) for a in args)
             kwargs = {k: cast(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
+
+
+class _QuantisedMatmul(torch.autograd.Function):
+    """bitsandbytes' matmul as autograd sees it: one node that saves no tensor (its weight is dequantised inside,
+    so no cast copy of the weight is kept, as autocast would keep for a plain linear)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # never runs: the plan counts the forward pass only
+        raise NotImplementedError
+
+
+class QuantisedOnMeta(torch.nn.Linear):
+    """A layer bitsandbytes will quantise, on the meta device: not a plain `nn.Linear`, so no method treats it
+    as one (it would not the real `Linear8bitLt` / `Linear4bit`). `keeps_input`: LLM.int8's autograd function
+    keeps the layer's input on its context (`ctx.A`), outside autograd's saved tensors, so activation
+    checkpointing cannot drop it; `saved_activations` counts it as held."""
+
+    keeps_input = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _QuantisedMatmul.apply(x, self.weight, self.bias)
+
+
+def stand_in_for_quantised(model: torch.nn.Module, config: Any) -> int:
+    """Turn the linear layers `config` quantises into `QuantisedOnMeta` (in place); how many there are."""
+    quantised = quantised_linears(model, config)
+    for module in quantised.values():
+        module.__class__ = QuantisedOnMeta
+        module.keeps_input = bool(getattr(config, "load_in_8bit", False))
+    return len(quantised)
 
 
 def saved_activations(
@@ -226,7 +264,18 @@ def saved_activations(
     def leave(module, args, output):
         where.pop()
 
-    handles = []
+    held: list[torch.Tensor] = []  # alive as in the real layers, so no later tensor reuses a storage key
+
+    def hold(module, args):
+        tensor = args[0] if args else None
+        if isinstance(tensor, torch.Tensor) and torch.is_grad_enabled():
+            key = tensor.untyped_storage()._cdata
+            if key not in owned and key not in seen:
+                seen.add(key)
+                result.held += tensor.untyped_storage().nbytes()
+                held.append(tensor)
+
+    handles = [m.register_forward_pre_hook(hold) for m in model.modules() if getattr(m, "keeps_input", False)]
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(enter(i), with_kwargs=True))
         handles.append(block.register_forward_hook(leave))

@@ -22,17 +22,34 @@ from adapt.recipe import Recipe
 GiB = 2**30
 MiB = 2**20
 
-# On a CPU the measured peak is the process's resident memory, not the live tensors: glibc's allocator keeps
-# the pages of the forward pass's freed temporaries in its heap (whether or not checkpointing frees the
-# activations early), and gradients and optimizer state, allocated after the first forward pass, mostly land
-# in those pages. Fitted on MiniLM-L6 / SST-2 in fp32 (LoRA and full, with and without checkpointing; Intel
-# Xeon with AMX, glibc 2.36): resident peak ~ weights + 1.45 x (activations without checkpointing) + 0.9 x
-# (activations as configured) + 0.35 x (gradients + optimizer state). It is a calibration, not a model of the
-# allocator: bf16 autocast on a CPU and 8-bit layers keep more (bench/plan_accuracy.py). On CUDA,
-# max_memory_allocated counts the live tensors: weights + gradients + state + activations as configured.
-CPU_FORWARD_FACTOR = 1.45
-CPU_KEPT_FACTOR = 0.9
-CPU_STATE_FACTOR = 0.35
+# On a CPU the measured peak is the process's resident memory, not the live tensors: glibc keeps the pages of
+# freed temporaries in its heap (adapt tells it to: train.keep_freed_memory), the heap fragments as batches of
+# other lengths come and go, and bf16 autocast and bitsandbytes' 8-bit CPU path (which dequantises each layer's
+# weight in both passes) make many more temporaries than they keep. So the CPU estimate is a calibration on top of
+# the counts, not a model of the allocator. Fitted (least squares on the relative error) on MiniLM-L6 / SST-2,
+# 2,000 rows, batch 32: LoRA, full and 8-bit + LoRA, fp32 and bf16, with and without checkpointing, 12 runs
+# (Intel Xeon with AMX, glibc 2.36; bench/plan_accuracy.py; README has the figures):
+#   resident peak above the run's baseline ~ weights + CPU_FRAMEWORK_BYTES
+#       + CPU_QUANTISED_LOAD x (the quantised layers as loaded, before quantising: their pages stay in the heap)
+#       + CPU_STATE_FACTOR x (gradients + optimizer state: they mostly land in pages the first forward pass freed)
+#       + kept x (activations as configured + backward working) + forward x (activations without checkpointing
+#         + backward working: the forward pass's temporaries, made whether or not checkpointing drops them)
+#       + CPU_QUANTISED_FORWARD x (activations without checkpointing + backward working) on a quantised base,
+# with (kept, forward) = CPU_FP32 or CPU_AUTOCAST. On CUDA, max_memory_allocated counts the live tensors:
+# weights + gradients + state + activations as configured + backward working.
+CPU_FRAMEWORK_BYTES = 200 * 2**20  # the model's code, PEFT and bitsandbytes imported, allocator arenas
+CPU_QUANTISED_LOAD = 2.0
+CPU_STATE_FACTOR = 0.6
+CPU_FP32 = (0.75, 0.25)
+CPU_AUTOCAST = (0.55, 1.35)
+CPU_QUANTISED_FORWARD = 0.7
+# ... and over a long run the heap keeps growing, in steps, as batches of other lengths and eval passes come and
+# go, until it has room for every pattern: by about CPU_GROWTH_FULL_AT micro-batches, this much more of the
+# batch-dependent part, in fp32 and under autocast (whose heap grows most in the first steps, already in
+# CPU_AUTOCAST). Fitted on lora-sst2 (fp32) and full-sst2 (bf16) as shipped, 1,250 steps, with and without
+# checkpointing. Grown linearly up to then; a plan that does not know the run's length assumes a long one.
+CPU_HEAP_GROWTH = (0.6, 0.3)
+CPU_GROWTH_FULL_AT = 500
 # The backward pass's working memory beyond the saved activations: the gradient of the largest saved tensor
 # and a buffer of the same size for the op that produces it.
 BACKWARD_LARGEST = 2
@@ -110,6 +127,8 @@ class Plan:
     float_linear_numel: int = 0
     float_linear_rows: int = 0
     optimizer_state_8bit: int = 0  # what adamw-8bit would keep for the same parameters
+    quantised_source_bytes: int = 0  # the quantised layers in the checkpoint's dtype, as loaded
+    micro_batches: int | None = None  # the run's length, where the data is at hand
 
     @property
     def activations(self) -> int:
@@ -123,8 +142,12 @@ class Plan:
         return self._static(sum(self.weights.values()), self.gradients + self.optimizer_state)
 
     def _static(self, weights: int, state: int) -> int:
-        """Memory that does not grow with the batch: weights, and gradients with optimizer state."""
-        return weights + int(state * (CPU_STATE_FACTOR if self.device_kind == "cpu" else 1))
+        """Memory that does not grow with the batch: weights, and gradients with optimizer state (on a CPU with
+        the framework's and the allocator's share, see CPU_FRAMEWORK_BYTES)."""
+        if self.device_kind != "cpu":
+            return weights + state
+        loading = CPU_FRAMEWORK_BYTES + CPU_QUANTISED_LOAD * self.quantised_source_bytes
+        return weights + int(loading + CPU_STATE_FACTOR * state)
 
     def dynamic(self, batch: int | None = None, checkpointing: bool | None = None) -> int:
         """Activations and backward working memory (with the CPU allocator's share) at `batch` rows."""
@@ -133,8 +156,13 @@ class Plan:
         scale = (batch or self.batch_size) / self.batch_size
         per_batch = acts + self.backward_working
         if self.device_kind == "cpu":
-            forward = self.activations_without_checkpointing + self.backward_working
-            per_batch = CPU_KEPT_FACTOR * per_batch + CPU_FORWARD_FACTOR * forward
+            autocast = self.precision in ("bf16", "fp16")
+            kept, forward = CPU_AUTOCAST if autocast else CPU_FP32
+            if self.quantised_source_bytes:
+                forward += CPU_QUANTISED_FORWARD
+            per_batch = kept * per_batch + forward * (self.activations_without_checkpointing + self.backward_working)
+            length = CPU_GROWTH_FULL_AT if self.micro_batches is None else self.micro_batches
+            per_batch *= 1 + CPU_HEAP_GROWTH[autocast] * min(1.0, length / CPU_GROWTH_FULL_AT)
         return int(per_batch * scale)
 
     @property
@@ -207,7 +235,15 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("float_linear_bytes", "float_linear_numel", "float_linear_rows", "optimizer_state_8bit"):
+        internal = (
+            "float_linear_bytes",
+            "float_linear_numel",
+            "float_linear_rows",
+            "optimizer_state_8bit",
+            "quantised_source_bytes",
+            "micro_batches",
+        )
+        for key in internal:
             data.pop(key)
         data.update(
             activations=self.activations,
@@ -248,7 +284,14 @@ def make_plan(
 
     from adapt.build import load_base_model, make_accelerator
     from adapt.context import Run
-    from adapt.footprint import added_parameter_bytes, gradient_bytes, saved_activations, trainable, weight_bytes
+    from adapt.footprint import (
+        added_parameter_bytes,
+        gradient_bytes,
+        saved_activations,
+        stand_in_for_quantised,
+        trainable,
+        weight_bytes,
+    )
     from adapt.hooks import Hooks
     from adapt.meta_models import models_on_meta
     from adapt.modeling import count_parameters
@@ -282,6 +325,7 @@ def make_plan(
         base_ids = {id(p) for p in base.parameters()}
         quantization = getattr(base, "adapt_quantization_config", None)
         weights = weight_bytes(base, quantization, skip=list(run.head_modules))
+        stand_in_for_quantised(base, quantization)
         for method in recipe.methods:
             hooks.transform_model(run=run, plugin=method)
     model = run.model
@@ -333,7 +377,18 @@ def make_plan(
         float_linear_numel=weights.float_linear_numel,
         float_linear_rows=weights.float_linear_rows,
         optimizer_state_8bit=state_bytes("adamw-8bit", {}, params) or 0,
+        quantised_source_bytes=weights.quantised_source_bytes,
+        micro_batches=_micro_batches(run, rows),
     )
+
+
+def _micro_batches(run, rows: int) -> int | None:
+    """How many micro-batches the run trains on (epochs, or max_steps when fewer), where the data is at hand."""
+    cfg = run.recipe.train
+    if run.encoded is None:
+        return cfg.max_steps * cfg.grad_accum_steps if cfg.max_steps else None
+    total = math.ceil(math.ceil(len(run.encoded["train"]) / rows) * cfg.epochs)
+    return min(total, cfg.max_steps * cfg.grad_accum_steps) if cfg.max_steps else total
 
 
 def _encode_where_at_hand(run, hooks, notes: list[str]) -> None:
@@ -411,7 +466,7 @@ def render_plan(plan: Plan, console) -> None:
     if plan.device_kind == "cpu":
         live = sum(plan.weights.values()) + plan.gradients + plan.optimizer_state + plan.activations
         extra = plan.planned_peak_bytes - live - plan.backward_working
-        table.add_row("CPU allocator", _gib(extra), "resident memory above the live tensors (fitted)")
+        table.add_row("CPU process and allocator", _gib(extra), "resident memory above the live tensors (fitted)")
     table.add_row("[bold]planned peak[/bold]", f"[bold]{_gib(plan.planned_peak_bytes)}[/bold]", plan.precision)
     if plan.device_kind == "cuda":
         table.add_row("CUDA context", _gib(CUDA_CONTEXT_BYTES), "outside torch's allocator")

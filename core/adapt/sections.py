@@ -116,7 +116,8 @@ class TrainSection(Table):
     """"auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16; CPUs with AMX or AVX512-BF16),
     else fp32. summary.json records what was chosen and why."""
     group_by_length: bool = True
-    """Length-grouped batches: shuffle, sort within pools of `length_pool` batches, shuffle the batches."""
+    """Length-grouped batches: shuffle, sort within pools of `length_pool` batches, shuffle the batches. Grouped
+    or not, the batch with the longest example comes first, so a batch too big for memory fails at step 1."""
     length_pool: int = Field(default=64, ge=1)
     """With group_by_length: how many batches' worth of examples are sorted together."""
     num_workers: int = Field(default=0, ge=0)
