@@ -211,13 +211,11 @@ class QuantisedOnMeta(torch.nn.Linear):
         return _QuantisedMatmul.apply(x, self.weight, self.bias)
 
 
-def stand_in_for_quantised(model: torch.nn.Module, config: Any) -> int:
-    """Turn the linear layers `config` quantises into `QuantisedOnMeta` (in place); how many there are."""
-    quantised = quantised_linears(model, config)
-    for module in quantised.values():
+def stand_in_for_quantised(model: torch.nn.Module, config: Any) -> None:
+    """Turn the linear layers `config` quantises into `QuantisedOnMeta` (in place)."""
+    for module in quantised_linears(model, config).values():
         module.__class__ = QuantisedOnMeta
         module.keeps_input = bool(getattr(config, "load_in_8bit", False))
-    return len(quantised)
 
 
 def saved_activations(
@@ -238,13 +236,19 @@ def saved_activations(
     seen: set[int] = set()
     where: list[int | None] = [None]
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def new_bytes(tensor: torch.Tensor) -> int:
+        """The tensor's storage size the first time it is met (0 after that, and for weights)."""
         storage = tensor.untyped_storage()
         key = storage._cdata
         if key in owned or key in seen:
-            return tensor
+            return 0
         seen.add(key)
-        size = storage.nbytes()
+        return storage.nbytes()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        size = new_bytes(tensor)
+        if not size:
+            return tensor
         result.largest = max(result.largest, size)
         if where[-1] is None:
             result.outside_blocks += size
@@ -269,11 +273,8 @@ def saved_activations(
     def hold(module, args):
         tensor = args[0] if args else None
         if isinstance(tensor, torch.Tensor) and torch.is_grad_enabled():
-            key = tensor.untyped_storage()._cdata
-            if key not in owned and key not in seen:
-                seen.add(key)
-                result.held += tensor.untyped_storage().nbytes()
-                held.append(tensor)
+            result.held += new_bytes(tensor)
+            held.append(tensor)
 
     handles = [m.register_forward_pre_hook(hold) for m in model.modules() if getattr(m, "keeps_input", False)]
     for i, block in enumerate(blocks):
