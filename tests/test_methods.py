@@ -57,33 +57,24 @@ def test_head_only_serves_cached_features_after_the_first_epoch(tiny_recipe, tmp
     assert result.returncode == 0, result.stderr[-2000:]
     stats = json.loads((tmp_path / "run" / "summary.json").read_text())["head-only"]
     # epoch 1 (192 rows) and the one evaluation (64 rows) run the backbone; epochs 2 and 3 are served
-    assert stats == {"feature_cache": True, "examples": 256, "mib": stats["mib"], "hits": 384, "misses": 256}
+    assert stats == {
+        "feature_cache": True,
+        "examples": 256,
+        "mib": stats["mib"],
+        "dtype": "float16",
+        "hits": 384,
+        "misses": 256,
+        "unstored": 0,
+    }
+    assert not (tmp_path / "run" / "prefix-cache" / "head-only-p0.bin").exists()  # deleted when the run ends
 
 
-def test_cached_features_equal_the_backbone_outputs_whatever_the_padding(tiny_bert_dir):
-    from transformers import AutoTokenizer, BertModel
-
-    from adapt_head_only.cache import FeatureCache
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    backbone = BertModel.from_pretrained(tiny_bert_dir).eval()
-    texts = ["w1 good w2", "lovely", "w5 w6 w7 dull w8 w9 w10 w11"]
-    short = dict(tokenizer(texts[:2], padding=True, return_tensors="pt"))
-    longer = dict(tokenizer(texts, padding=True, return_tensors="pt"))
-    with torch.no_grad():
-        expected = backbone(**longer)
-    cache = FeatureCache(backbone, limit_bytes=2**30)
-    cache.install()
-    with torch.no_grad():
-        backbone(**short)  # caches the first two, padded to their own length
-        backbone(**longer)  # misses on the third: runs the backbone, caches it
-        served = backbone(**longer)  # all three cached, re-padded to this batch
-    assert cache.hits == 3 and cache.misses == 5
-    real = longer["attention_mask"].bool()
-    assert torch.allclose(served.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5)
-    assert torch.allclose(served.pooler_output, expected.pooler_output, atol=1e-5)
-    cache.uninstall()
-    assert "forward" not in backbone.__dict__
+def test_head_only_with_a_float32_cache_trains_exactly_as_without(train_tiny):
+    _, _, cached = train_tiny(methods={"head-only": {"cache_dtype": "float32"}}, train={"epochs": 3})
+    again = {"output": {"overwrite": True}, "train": {"epochs": 3}}
+    _, _, uncached = train_tiny(methods={"head-only": {"cache_features": False}}, **again)
+    assert cached["head-only"]["hits"] == 384 and uncached["head-only"] == {"feature_cache": False}
+    assert cached["eval"] == uncached["eval"]
 
 
 @pytest.fixture

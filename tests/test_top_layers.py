@@ -30,11 +30,19 @@ def test_only_the_top_blocks_and_the_head_train(train_tiny, restore_tiny, sample
     assert summary["top-layers"]["frozen_blocks"] == 1
     # two epochs of 192 rows and one evaluation of 64: only the second epoch is served
     assert summary["top-layers"]["cache"]["misses"] == 256 and summary["top-layers"]["cache"]["hits"] == 192
-    assert not (tmp_path / "run" / "prefix-cache" / "states-p0.bin").exists()  # deleted when the run ends
+    assert not (tmp_path / "run" / "prefix-cache" / "top-layers-p0.bin").exists()  # deleted when the run ends
     restored = restore_tiny(tmp_path / "run", methods=methods)
     batch = sample_batch(run.tokenizer)
     with torch.inference_mode():
         assert torch.equal(restored.model.eval()(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_train_last_0_probes_the_last_block_s_output_served_from_the_cache(train_tiny):
+    run, before, summary = train_tiny(methods={"top-layers": {"train_last": 0}})
+    changed = changed_names(run.unwrapped_model, before)
+    assert changed == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+    assert summary["top-layers"]["frozen_blocks"] == 2
+    assert summary["top-layers"]["cache"]["misses"] == 256 and summary["top-layers"]["cache"]["hits"] == 192
 
 
 def test_a_float32_cache_trains_exactly_as_no_cache(train_tiny):
@@ -44,16 +52,18 @@ def test_a_float32_cache_trains_exactly_as_no_cache(train_tiny):
     assert cached["eval"] == uncached["eval"]
 
 
-def test_served_states_give_the_outputs_of_running_the_prefix(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("first", [1, 2], ids=["below-the-top-block", "past-the-last-block"])
+def test_served_states_give_the_outputs_of_running_the_prefix(tiny_bert_dir, tmp_path, first):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from adapt_top_layers.prefix_cache import PrefixCache
+    from adapt import PrefixCache
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).train()
     model.bert.embeddings.eval()  # the frozen prefix runs without dropout, as top-layers makes it
-    model.bert.encoder.layer[0].eval()
+    for block in model.bert.encoder.layer[:first]:
+        block.eval()
     texts = ["w1 good w2", "w3 w4 awful w5 w6 w7", "lovely", "w5 w6 w7 dull w8 w9 w10 w11"]
 
     def logits(batch, seed):
@@ -64,11 +74,11 @@ def test_served_states_give_the_outputs_of_running_the_prefix(tiny_bert_dir, tmp
     tight = dict(tokenizer(texts, padding=True, return_tensors="pt"))
     wide = dict(tokenizer(texts[::-1], padding="max_length", max_length=20, return_tensors="pt"))
     expected_tight, expected_wide = logits(tight, 1), logits(wide, 2)
-    cache = PrefixCache(model.bert, model.bert.encoder.layer, 1, tmp_path / "states.bin", 200, torch.float32)
+    cache = PrefixCache(model.bert, model.bert.encoder.layer, first, tmp_path / "states.bin", 200, torch.float32)
     cache.install()
     assert torch.equal(logits(tight, 1), expected_tight)  # a miss: runs the prefix, stores its output
     assert (cache.misses, cache.hits) == (4, 0)
-    assert torch.equal(logits(tight, 1), expected_tight)  # a hit: layer 0 is passed through
+    assert torch.equal(logits(tight, 1), expected_tight)  # a hit: the frozen blocks are passed through
     # other order, other padding: the states served are the prefix's for the tight padding, which differ from a
     # prefix run at this padding only in last bits (attention over 20 keys sums in another order than over 10)
     torch.testing.assert_close(logits(wide, 2), expected_wide, rtol=1e-5, atol=1e-7)
@@ -102,7 +112,7 @@ def test_a_killed_run_resumes_with_the_same_cached_states(tiny_recipe, tmp_path,
     assert main(["run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}"]) == 0
     killed = adapt_with_crash("run", recipe, "--set", "plugins.crash.step=17")  # in epoch 2: states served
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert (tmp_path / "run" / "prefix-cache" / "states-p0.bin").is_file()
+    assert (tmp_path / "run" / "prefix-cache" / "top-layers-p0.bin").is_file()
     resumed = adapt_with_crash("run", recipe, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "reference", tmp_path / "run"))

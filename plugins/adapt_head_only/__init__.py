@@ -1,35 +1,50 @@
 """Head-only training (a linear probe): the pretrained backbone is frozen, only the task head trains.
 
-Because nothing upstream of the head trains, the backbone's outputs for an example never change: by
-default they are computed once (on the first epoch, and on the first evaluation) and reused.
+The frozen backbone runs in evaluation mode (no dropout), so the output of its block stack for an example never
+changes: by default it is computed once (on the first epoch, and on the first evaluation) and served from a
+memory-mapped cache afterwards, the k = 0 case of top-layers' frozen-prefix cache (`adapt.serve_frozen_prefix`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, hookimpl, load_tensors_into, save_tensors
-from adapt_head_only.cache import FeatureCache
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    find_blocks,
+    hookimpl,
+    keep_in_eval,
+    load_tensors_into,
+    save_tensors,
+    serve_frozen_prefix,
+)
 
 ARTIFACT = Path("head") / "head.safetensors"
+OWNER = "head-only"
 
 
 class HeadOnlyTable(Table):
     cache_features: bool = True
-    """Reuse backbone outputs across epochs; only possible while nothing upstream of the head trains."""
+    """Serve the backbone's block outputs from a cache after an example's first pass (only while nothing upstream of
+    the head trains)."""
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    """Storage type of cached states: float32 is exact (bit-identical outputs); float16 halves the file for a
+    rounding of ~5e-4 relative; bfloat16 keeps float32's range."""
     cache_limit_mib: float = Field(default=4096, gt=0)
-    """Stop caching (and fall back to running the backbone) beyond this many cached MiB."""
+    """The cache file's largest size: examples beyond it run the backbone each time."""
 
 
 class HeadOnly:
     """One instance per run: it owns the feature cache."""
 
     def __init__(self) -> None:
-        self.cache: FeatureCache | None = None
-        self.shard_steps: list[int] = []  # checkpoints at which cache shards were written
+        self.cache = None
         self.resumed: dict[str, Any] | None = None
 
     @hookimpl
@@ -56,51 +71,33 @@ class HeadOnly:
             )
         for name, param in run.model.named_parameters():
             param.requires_grad_(name.startswith(heads))
+        # a frozen feature extractor: no dropout, so an example's features are the same on every pass
+        for name, module in run.model.named_children():
+            params = list(module.parameters())  # modules without any (the head's own dropout) keep training
+            if params and not name.startswith(heads) and not any(p.requires_grad for p in params):
+                keep_in_eval(module)
 
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
         table = run.table(HeadOnlyTable)
-        model = run.unwrapped_model
-        backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-        heads = run.head_prefixes
-        upstream_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(heads))
-        if table.cache_features and backbone is not None and not upstream_trains:
-            self.cache = FeatureCache(backbone, limit_bytes=int(table.cache_limit_mib * 2**20))
-            self.cache.install()
-            if self.resumed is not None:
-                self._load_shards(run, self.resumed)
-
-    # The cache is kept in shards beside the checkpoints, one per checkpoint and process holding the entries
-    # added since the previous one: features recomputed in other batches could differ in their last bits, and
-    # a resumed run must serve exactly what the interrupted one would have.
-    def _shard(self, run: Run, step: int) -> Path:
-        return run.checkpoints_dir / "head-only" / f"features-p{run.accelerator.process_index}-step{step}.safetensors"
+        if not table.cache_features:
+            return
+        try:
+            blocks = len(find_blocks(run.unwrapped_model)[1])
+        except ValueError:
+            return  # no block stack to cache the output of: the backbone runs every time
+        limit = int(table.cache_limit_mib * 2**20)
+        self.cache = serve_frozen_prefix(run, first=blocks, dtype=table.cache_dtype, owner=OWNER, max_bytes=limit)
+        if self.cache is not None and self.resumed is not None:
+            self.cache.resume(run, OWNER, self.resumed)
 
     @hookimpl
     def adapt_checkpoint_state(self, run: Run) -> dict[str, Any] | None:
-        if self.cache is None:
-            return None
-        save_tensors(self.cache.export_new(), self._shard(run, run.step))
-        if run.step not in self.shard_steps:
-            self.shard_steps.append(run.step)
-        return {"shard_steps": self.shard_steps, **self.cache.describe()}
+        return self.cache.checkpoint(run, OWNER) if self.cache is not None else None
 
     @hookimpl
     def adapt_load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.resumed = state  # the cache is built in adapt_on_train_start
-
-    def _load_shards(self, run: Run, state: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
-
-        self.shard_steps = list(state["shard_steps"])
-        for step in self.shard_steps:
-            self.cache.import_entries(load_file(str(self._shard(run, step))))
-        self.cache.restore(state)
-
-    def _uninstall(self) -> None:
-        if self.cache is not None:
-            self.cache.uninstall()
-            self.cache = None
 
     @hookimpl
     def adapt_summary(self, run: Run) -> dict:
@@ -110,11 +107,15 @@ class HeadOnly:
 
     @hookimpl
     def adapt_on_train_end(self) -> None:
-        self._uninstall()
+        if self.cache is not None:
+            self.cache.uninstall(delete=True)
+            self.cache = None
 
     @hookimpl
     def adapt_on_train_error(self) -> None:
-        self._uninstall()
+        if self.cache is not None:
+            self.cache.uninstall(delete=False)  # a resumed run reuses the states
+            self.cache = None
 
     @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:

@@ -3,23 +3,33 @@
 The top `train_last` transformer blocks and everything after them (final norm, pooler, task head) train;
 the embeddings and the blocks below are frozen and run in evaluation mode (no dropout), so their output
 for an example never changes. By default it is computed once and served from a memory-mapped cache on
-later epochs and evaluations (see prefix_cache.py). Composed with LoRA (`[methods.lora]` before it), the
+later epochs and evaluations (`adapt.serve_frozen_prefix`). Composed with LoRA (`[methods.lora]` before it), the
 blocks below are frozen LoRA included, and the top blocks train as LoRA made them: LoRA on the top layers.
 `train_last = 0` is a linear probe on the last block's output.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, find_blocks, hookimpl, load_tensors_into, save_tensors
+from adapt import (
+    AdaptError,
+    PluginInfo,
+    Run,
+    Table,
+    find_blocks,
+    hookimpl,
+    keep_in_eval,
+    load_tensors_into,
+    save_tensors,
+    serve_frozen_prefix,
+)
 
 ARTIFACT = Path("top-layers") / "trained.safetensors"
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+OWNER = "top-layers"
 
 
 class TopLayersTable(Table):
@@ -31,12 +41,6 @@ class TopLayersTable(Table):
     """Storage type of cached states: float32 is exact (bit-identical outputs); float16 halves the file for a
     rounding of ~5e-4 relative; bfloat16 keeps float32's range. States out of the type's range are not cached (their
     examples run the prefix each time)."""
-
-
-def _always_eval(module, mode: bool = True):
-    import torch
-
-    return torch.nn.Module.train(module, False)
 
 
 class TopLayers:
@@ -92,8 +96,7 @@ class TopLayers:
                 param.requires_grad_(False)
         # no dropout below the boundary: the frozen prefix becomes a deterministic function of the input
         for module in _frozen_modules(run.model, name, blocks, first, frozen):
-            module.train = functools.partial(_always_eval, module)
-            module.train()
+            keep_in_eval(module)
         self.frozen_blocks = first
         if not any(p.requires_grad for p in run.model.parameters()):
             raise AdaptError("methods.top-layers: nothing left to train (the model has no head and train_last = 0)")
@@ -101,52 +104,18 @@ class TopLayers:
     @hookimpl
     def adapt_on_train_start(self, run: Run) -> None:
         table = run.table(TopLayersTable)
-        if not table.cache or self.frozen_blocks == 0:
-            return
-        import torch
-
-        from adapt_top_layers.prefix_cache import PrefixCache
-
-        model = run.unwrapped_model
-        name, blocks, first, frozen = self._split(run, model)
-        if any(p.requires_grad for n, p in model.named_parameters() if n in frozen):
-            return  # another method trains below the boundary: its output changes, nothing to cache
-        backbone = _backbone(model, name)
-        if backbone is None:
-            return
-        capacity = sum(_token_count(split) for split in run.encoded.values())
-        path = run.output_dir / "prefix-cache" / f"states-p{run.accelerator.process_index}.bin"
-        self.cache = PrefixCache(backbone, blocks, first, path, capacity, getattr(torch, table.cache_dtype))
-        self.cache.install()
-        if self.resumed is not None and path.is_file():
-            self._load_index(run, self.resumed)
-
-    # The index of what the states file holds goes with each checkpoint: a resumed run serves exactly the states
-    # the interrupted one had (recomputed in other batches they could differ in their last bits).
-    def _index_file(self, run: Run, step: int) -> Path:
-        return run.checkpoints_dir / "top-layers" / f"index-p{run.accelerator.process_index}-step{step}.safetensors"
+        if table.cache:
+            self.cache = serve_frozen_prefix(run, first=self.frozen_blocks, dtype=table.cache_dtype, owner=OWNER)
+        if self.cache is not None and self.resumed is not None:
+            self.cache.resume(run, OWNER, self.resumed)
 
     @hookimpl
     def adapt_checkpoint_state(self, run: Run) -> dict[str, Any] | None:
-        if self.cache is None or self.cache.store is None:
-            return None
-        store = self.cache.store  # its rows are in the file already (a shared mapping)
-        save_tensors(store.export_index(), self._index_file(run, run.step))
-        return {"step": run.step, "used": store.used, "hidden": store.hidden, **self.cache.stats()}
+        return self.cache.checkpoint(run, OWNER) if self.cache is not None else None
 
     @hookimpl
     def adapt_load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.resumed = state  # the cache is built in adapt_on_train_start
-
-    def _load_index(self, run: Run, state: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
-
-        from adapt_top_layers.prefix_cache import StateStore
-
-        cache = self.cache
-        cache.store = StateStore(cache.path, cache.capacity, state["hidden"], cache.dtype)
-        cache.store.import_index(load_file(str(self._index_file(run, state["step"]))), state["used"])
-        cache.hits, cache.misses, cache.unstored = state["hits"], state["misses"], state["unstored"]
 
     @hookimpl
     def adapt_summary(self, run: Run) -> dict:
@@ -198,28 +167,6 @@ def _frozen_modules(model, blocks_name: str, blocks, first: int, frozen: set[str
             chosen.append(module)
             taken.append(name)
     return chosen
-
-
-def _backbone(model, blocks_name: str):
-    """The module above the block stack that takes `input_ids` and `attention_mask` (BertModel, LlamaModel)."""
-    import inspect
-
-    parts = blocks_name.split(".")
-    for end in range(len(parts) - 1, -1, -1):
-        module = model.get_submodule(".".join(parts[:end]))
-        try:
-            parameters = inspect.signature(module.forward).parameters
-        except (TypeError, ValueError):
-            continue
-        if "input_ids" in parameters and "attention_mask" in parameters:
-            return module
-    return None
-
-
-def _token_count(split) -> int:
-    import pyarrow.compute as pc
-
-    return int(pc.sum(pc.list_value_length(split.with_format("arrow")["input_ids"])).as_py() or 0)
 
 
 def _wrapped_by_peft(model) -> bool:

@@ -1,0 +1,331 @@
+"""The output of a frozen prefix of the model, computed once per example and served again instead of running it.
+
+A method that freezes the embeddings and the transformer blocks below block `first` (top-layers; head-only, where
+`first` is past the last block) keeps that prefix in evaluation mode, so the hidden states leaving it depend only
+on the example. The first time an example is seen they are stored, without padding, in a memory-mapped file; when
+every example of a later batch is stored, the frozen blocks pass their input through and the last of them returns
+the stored states instead. An example is known by its real (unpadded) token ids, so it is found whatever batch it
+lands in and however that batch is padded: at real positions the blocks after the prefix see what the prefix
+computed (padding is masked out of attention), bit for bit with float32 storage (a prefix run at another padding
+may differ in the last bits: attention sums over more keys in another order).
+
+    cache = serve_frozen_prefix(run, first=len(blocks), dtype="float16", owner="head-only")
+
+The states file lives in the run directory; a checkpoint holds only the index of what it stores
+(`PrefixCache.checkpoint`), and a resumed run reopens the file and serves exactly the states the interrupted
+one had (`PrefixCache.resume`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from adapt.context import Run
+
+KEY_INPUTS = ("input_ids", "token_type_ids")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class StateStore:
+    """Unpadded hidden states of examples, one row per token, in a file mapped into memory (rows of a new
+    example are appended; `index` maps an example's key to its first row and row count)."""
+
+    def __init__(self, path: Path, capacity: int, hidden: int, dtype: torch.dtype):
+        import torch
+
+        self.path, self.capacity, self.hidden, self.dtype = path, capacity, hidden, dtype
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = capacity * hidden
+        with open(path, "ab") as handle:  # "ab": an existing file (a resumed run's) keeps its rows
+            handle.truncate(size * torch.empty(0, dtype=dtype).element_size())  # sparse until written
+        self.rows = torch.from_file(str(path), shared=True, size=size, dtype=dtype).view(capacity, hidden)
+        self.index: dict[bytes, tuple[int, int]] = {}
+        self.used = 0
+
+    def add(self, key: bytes, states: torch.Tensor) -> bool:
+        n = states.shape[0]
+        if self.used + n > self.capacity:
+            return False
+        self.rows[self.used : self.used + n] = states
+        self.index[key] = (self.used, n)
+        self.used += n
+        return True
+
+    def gather(self, keys: list[bytes]) -> torch.Tensor:
+        """The rows of `keys`' examples, concatenated in that order (one indexing operation)."""
+        import torch
+
+        spans = torch.tensor([self.index[key] for key in keys], dtype=torch.long)
+        starts, counts = spans[:, 0], spans[:, 1]
+        first_of_each = torch.cumsum(counts, 0) - counts  # where each example begins in the output
+        offsets = torch.repeat_interleave(starts - first_of_each, counts)
+        return self.rows[torch.arange(int(counts.sum())) + offsets]
+
+    @property
+    def bytes(self) -> int:
+        return self.used * self.hidden * self.rows.element_size()
+
+    def export_index(self) -> dict[str, torch.Tensor]:
+        import torch
+
+        keys = list(self.index)
+        blob = b"".join(keys)
+        return {
+            "keys": torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8),
+            "key_lengths": torch.tensor([len(k) for k in keys], dtype=torch.long),
+            "spans": torch.tensor([self.index[k] for k in keys], dtype=torch.long).reshape(-1, 2),
+        }
+
+    def import_index(self, tensors: dict[str, torch.Tensor], used: int) -> None:
+        blob, start = tensors["keys"].numpy().tobytes(), 0
+        for length, (row, n) in zip(tensors["key_lengths"].tolist(), tensors["spans"].tolist(), strict=True):
+            self.index[blob[start : start + length]] = (row, n)
+            start += length
+        self.used = used
+
+    def close(self, delete: bool) -> None:
+        del self.rows
+        if delete:
+            self.path.unlink(missing_ok=True)
+
+
+class PrefixCache:
+    """Serves the output of `blocks[first - 1]` (the last frozen block) from a `StateStore`, created lazily when
+    the first states arrive and their width is known. `capacity` is in tokens; `max_bytes` caps the file."""
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        blocks,
+        first: int,
+        path: Path,
+        capacity: int,
+        dtype: torch.dtype,
+        max_bytes: int | None = None,
+    ):
+        if not 1 <= first <= len(blocks):
+            raise ValueError(f"the frozen prefix must end at one of the {len(blocks)} blocks, not before block {first}")
+        self.backbone, self.blocks, self.first = backbone, blocks, first
+        self.path, self.capacity, self.dtype, self.max_bytes = path, capacity, dtype, max_bytes
+        self.store: StateStore | None = None
+        self.signature = inspect.signature(backbone.forward)
+        self.serving: tuple[list[bytes], torch.Tensor] | None = None
+        self.storing: tuple[list[bytes], torch.Tensor] | None = None
+        self.block_returns_tuple = False
+        self.hits = self.misses = self.unstored = 0
+        self.handles: list[Any] = []
+
+    # --- installation -------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        self.handles = [
+            self.backbone.register_forward_pre_hook(self._on_backbone_call, with_kwargs=True),
+            self.backbone.register_forward_hook(self._after_backbone_call),
+            self.blocks[self.first - 1].register_forward_hook(self._at_boundary),
+        ]
+        for block in list(self.blocks)[: self.first]:
+            block.forward = functools.partial(_pass_through_when_serving, self, block)
+
+    def uninstall(self, delete: bool) -> None:
+        """Restore the model; `delete` the states file (keep it for a run that will resume)."""
+        for handle in self.handles:
+            handle.remove()
+        for block in list(self.blocks)[: self.first]:
+            block.__dict__.pop("forward", None)
+        if self.store is not None:
+            self.store.close(delete)
+            self.store = None
+
+    # --- one forward pass -----------------------------------------------------------------------------
+
+    def _on_backbone_call(self, module, args, kwargs) -> None:
+        self.serving = self.storing = None
+        try:
+            bound = self.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return
+        ids = bound.get("input_ids")
+        if ids is None:  # embeddings passed in directly: nothing to key on
+            return
+        import torch
+
+        mask = bound.get("attention_mask")
+        real = (mask if mask is not None else torch.ones_like(ids)).bool()
+        keys = _keys({name: bound.get(name) for name in KEY_INPUTS}, real)
+        if self.store is not None and all(key in self.store.index for key in keys):
+            self.serving = (keys, real)
+            self.hits += len(keys)
+        else:
+            self.storing = (keys, real)
+            self.misses += len(keys)
+
+    def _after_backbone_call(self, module, args, output) -> None:
+        self.serving = self.storing = None
+
+    def _at_boundary(self, module, args, output):
+        """The last frozen block's output: replaced by the stored states when serving, stored when not."""
+        if self.serving is not None:
+            return self._serve(output)
+        if self.storing is not None:
+            self._store(output)
+        return None
+
+    def _store(self, output) -> None:
+        self.block_returns_tuple = isinstance(output, tuple)
+        hidden = output[0] if isinstance(output, tuple) else output
+        keys, real = self.storing
+        if self.store is None:
+            self.store = self._open(hidden.shape[-1])
+        for i, key in enumerate(keys):
+            if key in self.store.index:
+                continue
+            rows = hidden[i][real[i]].detach().to("cpu", self.dtype)
+            if not rows.isfinite().all() or not self.store.add(key, rows):  # out of range for the dtype, or full
+                self.unstored += 1
+
+    def _open(self, hidden: int) -> StateStore:
+        capacity = self.capacity  # tokens
+        if self.max_bytes is not None:
+            capacity = min(capacity, self.max_bytes // (hidden * self.dtype.itemsize))
+        return StateStore(self.path, capacity, hidden, self.dtype)
+
+    def _serve(self, output):
+        import torch
+
+        keys, real = self.serving
+        incoming = output[0] if isinstance(output, tuple) else output  # the embeddings, passed through
+        rows = self.store.gather(keys)  # every real token of the batch, example after example
+        states = torch.zeros_like(incoming)
+        states[real.to(incoming.device)] = rows.to(incoming.device, incoming.dtype)  # fills in that same order
+        return (states, *output[1:]) if isinstance(output, tuple) else states
+
+    def stats(self) -> dict[str, Any]:
+        store = self.store
+        return {
+            "examples": len(store.index) if store else 0,
+            "mib": round(store.bytes / 2**20, 1) if store else 0.0,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "hits": self.hits,
+            "misses": self.misses,
+            "unstored": self.unstored,
+        }
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+
+    def checkpoint(self, run: Run, owner: str) -> dict[str, Any] | None:
+        """Write the index of the stored states beside the checkpoint being written (the rows are in the states
+        file already: a shared mapping); return what `resume` needs (for `adapt_checkpoint_state`)."""
+        if self.store is None:
+            return None
+        from adapt.weights import save_tensors
+
+        save_tensors(self.store.export_index(), _index_file(run, owner, run.step))
+        return {"step": run.step, "used": self.store.used, "hidden": self.store.hidden, **self.stats()}
+
+    def resume(self, run: Run, owner: str, state: dict[str, Any]) -> None:
+        """Serve what the checkpoint `state` (from `checkpoint`) had stored, from the interrupted run's file."""
+        if not self.path.is_file():
+            return  # the file is gone: the resumed run stores the states afresh
+        from safetensors.torch import load_file
+
+        self.store = self._open(state["hidden"])
+        self.store.import_index(load_file(str(_index_file(run, owner, state["step"]))), state["used"])
+        self.hits, self.misses, self.unstored = state["hits"], state["misses"], state["unstored"]
+
+
+def serve_frozen_prefix(
+    run: Run, first: int, dtype: str, owner: str, max_bytes: int | None = None
+) -> PrefixCache | None:
+    """Install a `PrefixCache` on `run.unwrapped_model` for the prefix that ends before block `first` (the number
+    of frozen blocks; past the last block when everything up to the head is frozen), storing `dtype` ("float32",
+    "float16", "bfloat16") in `run.output_dir / "prefix-cache"`. Call it in `adapt_on_train_start`, after the
+    method has frozen the prefix and pinned it in evaluation mode. Returns None, and caches nothing, where the
+    model has no block stack or backbone to hook, `first` is 0, or a parameter of the prefix trains (another
+    method trains there, so its output changes)."""
+    import torch
+
+    from adapt.modeling import find_blocks
+
+    model = run.unwrapped_model
+    try:
+        name, blocks = find_blocks(model)
+    except ValueError:
+        return None
+    backbone = _backbone(model, name)
+    if backbone is None or not 1 <= first <= len(blocks):
+        return None
+    if any(p.requires_grad for p in _prefix_parameters(backbone, blocks, first)):
+        return None
+    capacity = sum(_token_count(split) for split in run.encoded.values())
+    path = run.output_dir / "prefix-cache" / f"{owner}-p{run.accelerator.process_index}.bin"
+    cache = PrefixCache(backbone, blocks, first, path, capacity, getattr(torch, dtype), max_bytes)
+    cache.install()
+    return cache
+
+
+def keep_in_eval(module: torch.nn.Module) -> None:
+    """Put `module` in evaluation mode and keep it there through `model.train()` (no dropout: a frozen part
+    whose output must not change from one pass to the next)."""
+    module.train = functools.partial(_always_eval, module)
+    module.train()
+
+
+def _always_eval(module, mode: bool = True):
+    import torch
+
+    return torch.nn.Module.train(module, False)
+
+
+def _prefix_parameters(backbone, blocks, first: int) -> list:
+    """The parameters the prefix's output depends on: the backbone's before its first block (the embeddings)
+    and those of the blocks below `first`."""
+    in_blocks = {id(p) for p in blocks.parameters()}
+    before = []
+    for param in backbone.parameters():
+        if id(param) in in_blocks:
+            break
+        before.append(param)
+    return before + [param for block in list(blocks)[:first] for param in block.parameters()]
+
+
+def _backbone(model, blocks_name: str):
+    """The module above the block stack that takes `input_ids` and `attention_mask` (BertModel, LlamaModel)."""
+    parts = blocks_name.split(".")
+    for end in range(len(parts) - 1, -1, -1):
+        module = model.get_submodule(".".join(parts[:end]))
+        try:
+            parameters = inspect.signature(module.forward).parameters
+        except (TypeError, ValueError):
+            continue
+        if "input_ids" in parameters and "attention_mask" in parameters:
+            return module
+    return None
+
+
+def _index_file(run: Run, owner: str, step: int) -> Path:
+    return run.checkpoints_dir / owner / f"prefix-index-p{run.accelerator.process_index}-step{step}.safetensors"
+
+
+def _token_count(split) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(split.with_format("arrow")["input_ids"])).as_py() or 0)
+
+
+def _pass_through_when_serving(prefix_cache: PrefixCache, block: torch.nn.Module, /, *args: Any, **kwargs: Any):
+    if prefix_cache.serving is None:
+        return type(block).forward(block, *args, **kwargs)
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden,) if prefix_cache.block_returns_tuple else hidden
+
+
+def _keys(inputs: dict[str, torch.Tensor | None], real: torch.Tensor) -> list[bytes]:
+    parts = [value.cpu() for value in inputs.values() if value is not None]
+    real = real.cpu()
+    return [b"|".join(p[i][real[i]].numpy().tobytes() for p in parts) for i in range(real.shape[0])]
