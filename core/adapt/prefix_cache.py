@@ -220,7 +220,8 @@ class PrefixCache:
 
     def checkpoint(self, run: Run, owner: str) -> dict[str, Any] | None:
         """Write the index of the stored states beside the checkpoint being written (the rows are in the states
-        file already: a shared mapping); return what `resume` needs (for `adapt_checkpoint_state`)."""
+        file already: a shared mapping); return what `resume` needs (for `adapt_checkpoint_state`). A resumed run
+        then serves the interrupted one's states, not states recomputed in other batches (last bits differ)."""
         if self.store is None:
             return None
         from adapt.weights import save_tensors

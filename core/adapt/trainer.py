@@ -380,6 +380,8 @@ class TrainingLoop:
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
         model, optimizer, clock, window, guard = run.model, run.optimizer, self.clock, self.window, self.guard
         flops = self.flops
+        # listed once: model.parameters() walks every module (180 on MiniLM), 2% of a small model's step
+        parameters = list(model.parameters())
         model.train()
         if self.first_step_seconds is None:
             import adapt
@@ -409,7 +411,7 @@ class TrainingLoop:
                             window.discard()
                         else:
                             if cfg.max_grad_norm is not None:
-                                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                                acc.clip_grad_norm_(parameters, cfg.max_grad_norm)
                             optimizer.step()
                             window.commit()
                         optimizer.zero_grad(set_to_none=True)
