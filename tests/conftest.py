@@ -172,8 +172,9 @@ def same_gradients_with_checkpointing(tiny_recipe, monkeypatch):
 @pytest.fixture
 def live_tensors():
     """`live_tensors(outside)`: a dispatch mode that tracks the bytes of the tensors made inside it that are still
-    alive (`.alive`: storage -> bytes; `.peak`: the most at once). Each storage counts once; views of the tensors
+    alive (`.total`; `.peak`: the most at once). Each storage counts once; views of the tensors
     in `outside` (weights, the batch), such as a weight's transpose, are not new memory."""
+    import gc
     import weakref
 
     import torch
@@ -183,17 +184,38 @@ def live_tensors():
         def __init__(self, outside):
             super().__init__()
             self.outside = {t.untyped_storage()._cdata for t in outside}
-            self.alive: dict[int, int] = {}
+            self.alive: dict[int, tuple[int, object]] = {}  # storage address -> (bytes, its registration)
             self.peak = 0
+
+        def __enter__(self):
+            # No garbage collection inside: it would free cycle-held tensors at a moment that depends on what earlier
+            # tests allocated, and a late finaliser must not drop a new storage that reused the address (the token).
+            self.gc_was_enabled = gc.isenabled()
+            gc.disable()
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            if self.gc_was_enabled:
+                gc.enable()
+            return super().__exit__(*exc)
+
+        def _release(self, key, token) -> None:
+            if self.alive.get(key, (0, None))[1] is token:
+                del self.alive[key]
+
+        @property
+        def total(self) -> int:
+            return sum(size for size, _ in self.alive.values())
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in torch.utils._pytree.tree_leaves(out):
                 key = t.untyped_storage()._cdata if isinstance(t, torch.Tensor) else None
                 if key is not None and key not in self.outside and key not in self.alive:
-                    self.alive[key] = t.untyped_storage().nbytes()
-                    weakref.finalize(t.untyped_storage(), self.alive.pop, key, None)
-            self.peak = max(self.peak, sum(self.alive.values()))
+                    token = object()
+                    self.alive[key] = (t.untyped_storage().nbytes(), token)
+                    weakref.finalize(t.untyped_storage(), self._release, key, token)
+            self.peak = max(self.peak, self.total)
             return out
 
     return LiveTensors
