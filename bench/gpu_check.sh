@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: run it whenever a CUDA machine is at hand (no internet needed once the HF cache is seeded).
-# LoRA, int8+LoRA, 4-bit+LoRA and LoRA with activation checkpointing on MiniLM / SST-2 for a few hundred steps,
-# then one table: samples/s, peak CUDA memory, the plan's estimate, accuracy.
+# LoRA, int8+LoRA, 4-bit+LoRA, LoRA with activation checkpointing and LoRA under torch.compile on MiniLM / SST-2
+# for a few hundred steps, then one table: samples/s, peak CUDA memory, the plan's estimate, accuracy. Whether
+# train.compile pays on a GPU: compare lora-compile's samples/s with lora's (its first steps include the compile).
 #
 #   python ../shared/offline/seed_hf_cache.py     # once, if the cache is not seeded
 #   HF_HUB_OFFLINE=1 bash bench/gpu_check.sh [STEPS]
@@ -20,8 +21,9 @@ declare -A variants=(
   [int8-lora]="recipes/int8-lora-sst2.toml"
   [nf4-lora]="recipes/int8-lora-sst2.toml --set methods.int8.bits=4"
   [lora-checkpointing]="recipes/lora-sst2.toml --set train.gradient_checkpointing=true"
+  [lora-compile]="recipes/lora-sst2.toml --set train.compile=true"
 )
-for name in lora int8-lora nf4-lora lora-checkpointing; do
+for name in lora int8-lora nf4-lora lora-checkpointing lora-compile; do
   # shellcheck disable=SC2086
   adapt run ${variants[$name]} "${common[@]}" --set "output.dir=$out/$name" > "$out/$name.log" 2>&1 \
     || { echo "$name failed:"; tail -20 "$out/$name.log"; }
@@ -33,7 +35,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 print("\n| variant | train samples/s | peak CUDA MiB | planned MiB | planned / measured | val accuracy |")
 print("| --- | --- | --- | --- | --- | --- |")
-for name in ("lora", "int8-lora", "nf4-lora", "lora-checkpointing"):
+for name in ("lora", "int8-lora", "nf4-lora", "lora-checkpointing", "lora-compile"):
     f = out / name / "summary.json"
     if not f.is_file():
         print(f"| {name} | failed | | | | |")

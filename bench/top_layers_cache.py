@@ -1,6 +1,7 @@
 """top-layers (train the top k blocks and the head) with and without the frozen-prefix cache: seconds per epoch.
 
 HF_HUB_OFFLINE=1 python bench/top_layers_cache.py [--rows 8000] [--epochs 3] [--train-last 2] [--recipe lora-sst2]
+                                               [--precision fp32|bf16]
 
 Run it from the project root. The recipe's methods are replaced by `[methods.top-layers]` (train_last of
 MiniLM's 6 blocks, the pooler and the classifier train); everything else but the learning rate is the recipe's.
@@ -14,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
-from common import run_recipe
+from common import cpu_model, run_recipe
 
 
 def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
         "train.epochs": args.epochs,
         "train.learning_rate": args.learning_rate,
         "train.eval_every": 10**9,
+        **({"train.precision": f'"{args.precision}"'} if args.precision else {}),
         "plugins.disable": '["progress", "plots", "forgetting"]',
     }
     return run_recipe(path, out / "run", overrides)
@@ -40,11 +42,14 @@ def main() -> None:
     parser.add_argument("--train-last", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--recipe", default="lora-sst2")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: the recipe's")
     args = parser.parse_args()
     cases = [(True, "float16"), (True, "float32"), (False, "float16")]
     with tempfile.TemporaryDirectory() as tmp:
         results = {case: run(args, *case, Path(tmp) / f"{case[0]}-{case[1]}") for case in cases}
-    print(f"\ntop-layers train_last={args.train_last}, {args.rows} rows, {args.epochs} epochs\n")
+    precision = results[cases[0]]["precision"]
+    what = f"top-layers train_last={args.train_last}, {args.rows} rows, {args.epochs} epochs, {precision}"
+    print(f"\n{cpu_model()}; {what}\n")
     print("| prefix cache | seconds per epoch | later epochs vs no cache | val accuracy | cache MiB | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
     off = results[(False, "float16")]["epoch_seconds"][1:]

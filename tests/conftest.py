@@ -12,6 +12,18 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`-n`, on by default): the cores shared out between the workers, so that torch's thread
+    pools, this process's and those of the `adapt` subprocesses a test starts, do not fight over them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def install_fixture(tmp_path_factory):
     """pip-install the package tests/fixtures/NAME into a folder of its own (the project's venv is left alone)

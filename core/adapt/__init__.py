@@ -55,6 +55,7 @@ _EXPORTS = {
     "fresh_modules": "adapt.modeling",
     "model_config": "adapt.modeling",
     "on_last_block_output": "adapt.modeling",
+    "FrozenPrefixCaching": "adapt.prefix_cache",
     "PrefixCache": "adapt.prefix_cache",
     "keep_in_eval": "adapt.prefix_cache",
     "serve_frozen_prefix": "adapt.prefix_cache",

@@ -132,8 +132,14 @@ def build_model(run: Run, hooks: Hooks) -> list[ParamCount]:
     for method in run.recipe.methods:
         hooks.transform_model(run=run, plugin=method)
         counts.append(ParamCount(method, *count_parameters(run.model)))
-    if run.recipe.train.gradient_checkpointing:
+    cfg = run.recipe.train
+    if cfg.gradient_checkpointing:
         enable_activation_checkpointing(run.model)
+    if cfg.compile and not run.planning:
+        from adapt.compiling import compile_model
+
+        device = run.accelerator.device.type
+        run.compiled = compile_model(run.model, cfg.compile_scope, cfg.compile_mode, cfg.compile_backend, device)
     return counts
 
 

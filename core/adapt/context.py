@@ -59,6 +59,10 @@ class Run:
     """True in `adapt plan` (and the estimate `adapt run` prints first): the model is built on the meta device from
     its config (shapes, no weights, no memory) and methods are applied to it. Skip work that needs real tensors or
     the device (a kernel probe, a feature cache); nothing is trained or saved."""
+    compiled: dict[str, Any] | None = None
+    """What `train.compile` compiled, in place (scope, modules, mode, backend), once the methods are applied; None
+    when nothing was. A plugin that replaces a compiled block's forward (as the prefix cache does) also takes the block
+    out of the compiled code while it does: dynamo guards on each block's forward."""
     stop_reason: str | None = None
     """Why training ends before ``max_steps``, once a plugin has called ``request_stop``; else None."""
     _origins: ParameterOrigins | None = field(default=None, init=False, repr=False)

@@ -23,6 +23,8 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapt.hookspecs import hookimpl
+
 if TYPE_CHECKING:
     import torch
 
@@ -120,6 +122,7 @@ class PrefixCache:
         self.block_returns_tuple = False
         self.hits = self.misses = self.unstored = 0
         self.handles: list[Any] = []
+        self.compiled: dict[torch.nn.Module, Any] = {}  # the prefix blocks' compiled code, while the cache is on
 
     # --- installation -------------------------------------------------------------------------------
 
@@ -131,6 +134,8 @@ class PrefixCache:
         ]
         for block in list(self.blocks)[: self.first]:
             block.forward = functools.partial(_pass_through_when_serving, self, block)
+            # train.compile: the cache does a frozen block's work, and its Python would only break the graph
+            self.compiled[block] = block.__dict__.pop("_compiled_call_impl", None)
 
     def uninstall(self, delete: bool) -> None:
         """Restore the model; `delete` the states file (keep it for a run that will resume)."""
@@ -138,6 +143,9 @@ class PrefixCache:
             handle.remove()
         for block in list(self.blocks)[: self.first]:
             block.__dict__.pop("forward", None)
+            if self.compiled.get(block) is not None:
+                block._compiled_call_impl = self.compiled[block]
+        self.compiled = {}
         if self.store is not None:
             self.store.close(delete)
             self.store = None
@@ -263,11 +271,61 @@ def serve_frozen_prefix(
         return None
     if any(p.requires_grad for p in _prefix_parameters(backbone, blocks, first)):
         return None
+    if run.compiled is not None and run.compiled["scope"] == "model":
+        run.note(
+            f'{owner}: no frozen-prefix cache under train.compile_scope = "model" (its hooks would break the '
+            'compiled graph); compile_scope = "blocks" keeps both'
+        )
+        return None
     capacity = sum(_token_count(split) for split in run.encoded.values())
     path = run.output_dir / "prefix-cache" / f"{owner}-p{run.accelerator.process_index}.bin"
     cache = PrefixCache(backbone, blocks, first, path, capacity, getattr(torch, dtype), max_bytes)
     cache.install()
     return cache
+
+
+class FrozenPrefixCaching:
+    """Mix-in for a method plugin that serves its frozen prefix from a `PrefixCache`: it implements the hooks that
+    carry the cache through a run. Call `self.start_prefix_cache(...)` in `adapt_on_train_start`, once the prefix is
+    frozen and pinned in evaluation mode; the class provides `adapt_checkpoint_state` (the index of what is stored),
+    `adapt_load_checkpoint_state` (a resumed run serves the interrupted one's states), `adapt_on_train_end` (the
+    states file is deleted) and `adapt_on_train_error` (the file stays, for `--resume`). `self.prefix_cache` is the
+    cache, None while there is none. A subclass overriding one of these hooks calls the mix-in's from its own."""
+
+    cache_owner = ""
+    """Names the states file and the checkpoint index: the method's name, e.g. "top-layers"."""
+
+    prefix_cache: PrefixCache | None = None
+    _resumed_cache: dict[str, Any] | None = None
+
+    def start_prefix_cache(self, run: Run, first: int, dtype: str, max_bytes: int | None = None) -> PrefixCache | None:
+        """`serve_frozen_prefix(run, first, dtype, self.cache_owner, max_bytes)`, then, in a resumed run, serve what
+        the checkpoint had stored."""
+        self.prefix_cache = serve_frozen_prefix(run, first, dtype, self.cache_owner, max_bytes)
+        if self.prefix_cache is not None and self._resumed_cache is not None:
+            self.prefix_cache.resume(run, self.cache_owner, self._resumed_cache)
+        return self.prefix_cache
+
+    @hookimpl
+    def adapt_checkpoint_state(self, run: Run) -> dict[str, Any] | None:
+        return self.prefix_cache.checkpoint(run, self.cache_owner) if self.prefix_cache is not None else None
+
+    @hookimpl
+    def adapt_load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self._resumed_cache = state  # the cache itself is built in adapt_on_train_start
+
+    @hookimpl
+    def adapt_on_train_end(self) -> None:
+        self._close_prefix_cache(delete=True)
+
+    @hookimpl
+    def adapt_on_train_error(self) -> None:
+        self._close_prefix_cache(delete=False)  # a resumed run reuses the states
+
+    def _close_prefix_cache(self, delete: bool) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.uninstall(delete=delete)
+            self.prefix_cache = None
 
 
 def keep_in_eval(module: torch.nn.Module) -> None:

@@ -113,6 +113,14 @@ def _precision(run: Run) -> dict[str, str]:
     return {"precision": chosen, "precision_reason": resolve_precision(run.recipe.train.precision)[1]}
 
 
+def _compiled(run: Run) -> dict[str, Any] | bool:
+    if run.compiled is None:
+        return False
+    from adapt.compiling import compile_report
+
+    return compile_report(run.compiled)
+
+
 def run_summary(
     run: Run,
     loop_stats: dict[str, Any],
@@ -143,6 +151,7 @@ def run_summary(
         "device": str(run.accelerator.device),
         "num_processes": run.accelerator.num_processes,
         **_precision(run),
+        "compile": _compiled(run),
         "seed": recipe.train.seed,
         "versions": versions(),
         **extras,

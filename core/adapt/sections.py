@@ -125,9 +125,22 @@ class TrainSection(Table):
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward pass instead of keeping them (non-reentrant activation
     checkpointing): less memory for about a third more compute."""
+    compile: bool = False
+    """torch.compile the model for training (fused kernels instead of many small ones), after a one-off compile on
+    the first steps. Off by default: on this project's CPU it did not pay (README, bench/compile.py); try it where the
+    run is long and the device fast. summary.json says what compiled and how many graph breaks there were."""
+    compile_scope: Literal["blocks", "model"] = "blocks"
+    """With compile: each transformer block (regional compilation: one block's compile serves them all, so the run
+    starts far sooner) or the whole model."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """With compile: torch.compile's mode ("reduce-overhead" adds CUDA graphs; "max-autotune" tries kernels)."""
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """With compile: "inductor" generates kernels (C++ on a CPU, Triton on CUDA); "aot_eager" and "eager" only
+    trace, to find graph breaks and compile errors quickly."""
     fast_dropout: bool = True
     """On a CPU: dropout masks from a fast generator seeded by torch's (the same rate, other random numbers than
-    torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster."""
+    torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster. Off under compile (compiled
+    code draws its own masks)."""
     keep_freed_memory: bool = True
     """On Linux: freed memory stays in the process for the next step instead of going back to the OS to be faulted
     in again (glibc mallopt); faster CPU steps, and resident memory stays at its peak."""

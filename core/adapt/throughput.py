@@ -22,12 +22,18 @@ class StepFlops:
         self.per_token: float | None = None
 
     @contextlib.contextmanager
-    def first(self, batch: dict[str, Any]) -> Iterator[None]:
-        if self.per_token is not None:
+    def first(self, batch: dict[str, Any], compiled: bool = False) -> Iterator[None]:
+        """`compiled`: the model has compiled parts, which run uncompiled for the counted micro-batch (dynamo
+        gives up for good on code it first meets under a dispatch mode)."""
+        import torch
+
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch 2.6 and later
+        if self.per_token is not None or (compiled and set_stance is None):
             yield
             return
         tokens = _padded_tokens(batch)
-        with _count_flops_mode() as counter:
+        eager = set_stance("force_eager") if compiled else contextlib.nullcontext()
+        with eager, _count_flops_mode() as counter:
             yield
         if tokens:
             self.per_token = counter.total / tokens

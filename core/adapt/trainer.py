@@ -361,7 +361,7 @@ class TrainingLoop:
             hooks.load_checkpoint_state(run=run, states=plugin_states)
         hooks.on_train_start(run=run)
         self.stop.graceful = True
-        faster = cfg.fast_dropout and acc.device.type == "cpu"
+        faster = self._fast_dropout()
         try:
             with fast_dropout() if faster else contextlib.nullcontext():
                 self._loop()
@@ -379,7 +379,7 @@ class TrainingLoop:
     def _loop(self) -> None:
         run, hooks, cfg, acc = self.run, self.hooks, self.run.recipe.train, self.run.accelerator
         model, optimizer, clock, window, guard = run.model, run.optimizer, self.clock, self.window, self.guard
-        flops = self.flops
+        flops, compiled = self.flops, run.compiled is not None
         # listed once: model.parameters() walks every module (180 on MiniLM), 2% of a small model's step
         parameters = list(model.parameters())
         model.train()
@@ -398,7 +398,7 @@ class TrainingLoop:
                 loader = acc.skip_first_batches(self.train_dl, self.batches_in_epoch)
             for batch in loader:
                 with acc.accumulate(model):
-                    with flops.first(batch):  # counts the run's first micro-batch only
+                    with flops.first(batch, compiled):  # counts the run's first micro-batch only
                         outputs = model(**batch)
                         loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
                         terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
@@ -522,7 +522,12 @@ class TrainingLoop:
             run_precision(acc),
             acc.num_processes,
         )
-        return {**found, "fast_dropout": cfg.fast_dropout and cpu, "keep_freed_memory": cfg.keep_freed_memory and cpu}
+        return {**found, "fast_dropout": self._fast_dropout(), "keep_freed_memory": cfg.keep_freed_memory and cpu}
+
+    def _fast_dropout(self) -> bool:
+        """On a CPU, unless compiled: compiled code draws its own masks, and dynamo cannot trace numpy's generator."""
+        cfg, run = self.run.recipe.train, self.run
+        return cfg.fast_dropout and run.accelerator.device.type == "cpu" and run.compiled is None
 
     def stats(self) -> dict[str, Any]:
         run = self.run

@@ -8,12 +8,13 @@ memory-mapped cache afterwards, the k = 0 case of top-layers' frozen-prefix cach
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from adapt import (
     AdaptError,
+    FrozenPrefixCaching,
     PluginInfo,
     Run,
     Table,
@@ -22,11 +23,9 @@ from adapt import (
     keep_in_eval,
     load_tensors_into,
     save_tensors,
-    serve_frozen_prefix,
 )
 
 ARTIFACT = Path("head") / "head.safetensors"
-OWNER = "head-only"
 
 
 class HeadOnlyTable(Table):
@@ -40,12 +39,10 @@ class HeadOnlyTable(Table):
     """The cache file's largest size: examples beyond it run the backbone each time."""
 
 
-class HeadOnly:
-    """One instance per run: it owns the feature cache."""
+class HeadOnly(FrozenPrefixCaching):
+    """One instance per run: it owns the feature cache (the mix-in carries it through checkpoints and errors)."""
 
-    def __init__(self) -> None:
-        self.cache = None
-        self.resumed: dict[str, Any] | None = None
+    cache_owner = "head-only"
 
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
@@ -87,35 +84,13 @@ class HeadOnly:
         except ValueError:
             return  # no block stack to cache the output of: the backbone runs every time
         limit = int(table.cache_limit_mib * 2**20)
-        self.cache = serve_frozen_prefix(run, first=blocks, dtype=table.cache_dtype, owner=OWNER, max_bytes=limit)
-        if self.cache is not None and self.resumed is not None:
-            self.cache.resume(run, OWNER, self.resumed)
-
-    @hookimpl
-    def adapt_checkpoint_state(self, run: Run) -> dict[str, Any] | None:
-        return self.cache.checkpoint(run, OWNER) if self.cache is not None else None
-
-    @hookimpl
-    def adapt_load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.resumed = state  # the cache is built in adapt_on_train_start
+        self.start_prefix_cache(run, first=blocks, dtype=table.cache_dtype, max_bytes=limit)
 
     @hookimpl
     def adapt_summary(self, run: Run) -> dict:
-        if self.cache is None:
+        if self.prefix_cache is None:
             return {"head-only": {"feature_cache": False}}
-        return {"head-only": {"feature_cache": True, **self.cache.stats()}}
-
-    @hookimpl
-    def adapt_on_train_end(self) -> None:
-        if self.cache is not None:
-            self.cache.uninstall(delete=True)
-            self.cache = None
-
-    @hookimpl
-    def adapt_on_train_error(self) -> None:
-        if self.cache is not None:
-            self.cache.uninstall(delete=False)  # a resumed run reuses the states
-            self.cache = None
+        return {"head-only": {"feature_cache": True, **self.prefix_cache.stats()}}
 
     @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:

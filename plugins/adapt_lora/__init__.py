@@ -33,7 +33,8 @@ class LoraTable(Table):
     """LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than the rest (e.g. 16)."""
     fused: bool = True
     """One autograd function per LoRA layer (the scaling inside the matmul) instead of PEFT's chain of operations:
-    the same result up to rounding, faster steps. Layers with dropout, DoRA or a quantised base keep PEFT's forward."""
+    the same result up to rounding, faster steps. Layers with dropout, DoRA or a quantised base keep PEFT's forward, as
+    does every layer under train.compile (the compiler fuses PEFT's forward itself)."""
 
 
 @hookimpl
@@ -68,7 +69,8 @@ def adapt_transform_model(run: Run) -> None:
 
 
 def _fuse(run: Run) -> None:
-    if run.table(LoraTable).fused:
+    # under train.compile the compiler fuses PEFT's forward itself, and a per-layer forward would recompile per block
+    if run.table(LoraTable).fused and not run.recipe.train.compile:
         from adapt_lora.fused import fuse_lora_layers  # imports torch: not at plugin discovery
 
         fuse_lora_layers(run.model)

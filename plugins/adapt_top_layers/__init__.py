@@ -11,12 +11,13 @@ blocks below are frozen LoRA included, and the top blocks train as LoRA made the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from adapt import (
     AdaptError,
+    FrozenPrefixCaching,
     PluginInfo,
     Run,
     Table,
@@ -25,11 +26,9 @@ from adapt import (
     keep_in_eval,
     load_tensors_into,
     save_tensors,
-    serve_frozen_prefix,
 )
 
 ARTIFACT = Path("top-layers") / "trained.safetensors"
-OWNER = "top-layers"
 
 
 class TopLayersTable(Table):
@@ -43,12 +42,12 @@ class TopLayersTable(Table):
     examples run the prefix each time)."""
 
 
-class TopLayers:
-    """One instance per run: it owns the prefix cache."""
+class TopLayers(FrozenPrefixCaching):
+    """One instance per run: it owns the prefix cache (the mix-in carries it through checkpoints and errors)."""
+
+    cache_owner = "top-layers"
 
     def __init__(self) -> None:
-        self.cache = None
-        self.resumed: dict[str, Any] | None = None
         self.frozen_blocks = 0
 
     @hookimpl
@@ -105,36 +104,14 @@ class TopLayers:
     def adapt_on_train_start(self, run: Run) -> None:
         table = run.table(TopLayersTable)
         if table.cache:
-            self.cache = serve_frozen_prefix(run, first=self.frozen_blocks, dtype=table.cache_dtype, owner=OWNER)
-        if self.cache is not None and self.resumed is not None:
-            self.cache.resume(run, OWNER, self.resumed)
-
-    @hookimpl
-    def adapt_checkpoint_state(self, run: Run) -> dict[str, Any] | None:
-        return self.cache.checkpoint(run, OWNER) if self.cache is not None else None
-
-    @hookimpl
-    def adapt_load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.resumed = state  # the cache is built in adapt_on_train_start
+            self.start_prefix_cache(run, first=self.frozen_blocks, dtype=table.cache_dtype)
 
     @hookimpl
     def adapt_summary(self, run: Run) -> dict:
         table = run.table(TopLayersTable)
         found = {"train_last": table.train_last, "frozen_blocks": self.frozen_blocks}
-        found["cache"] = self.cache.stats() if self.cache is not None else False
+        found["cache"] = self.prefix_cache.stats() if self.prefix_cache is not None else False
         return {"top-layers": found}
-
-    @hookimpl
-    def adapt_on_train_end(self) -> None:
-        if self.cache is not None:
-            self.cache.uninstall(delete=True)
-            self.cache = None
-
-    @hookimpl
-    def adapt_on_train_error(self) -> None:
-        if self.cache is not None:
-            self.cache.uninstall(delete=False)  # a resumed run reuses the states
-            self.cache = None
 
     @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
