@@ -120,6 +120,12 @@ def test_missing_data_file_and_bad_suffix(tiny_recipe, catalogue, tmp_path):
     assert "data.eval_file: unsupported file type '.txt'" in text
 
 
+def test_a_file_name_no_file_system_takes_is_a_problem_naming_the_key(tiny_recipe, catalogue):
+    """Found by the recipe fuzzer: Path.is_file() raises for a name over 255 bytes instead of answering False."""
+    problems = problems_of(tiny_recipe(data={"eval_file": "x" * 300 + ".tsv"}), catalogue)
+    assert any(p.startswith("data.eval_file: cannot use 'xxx") and "File name too long" in p for p in problems)
+
+
 def test_data_needs_exactly_one_source(tiny_recipe, catalogue):
     problems = problems_of(tiny_recipe(data={"dataset": "nyu-mll/glue"}), catalogue)
     assert "data: set 'dataset' or 'train_file'/'eval_file', not both" in problems

@@ -106,7 +106,12 @@ def file_problem(path: str | Path, key: str, suffixes: tuple[str, ...] = tuple(F
     file = Path(path)
     if suffixes and file.suffix.lower() not in suffixes:
         return f"{key}: unsupported file type '{file.suffix}'; use one of {', '.join(suffixes)}"
-    if not file.is_file():
+    try:
+        found = file.is_file()
+    except OSError as exc:  # is_file() answers False only for a missing file; a name too long raises
+        shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:60]}...{str(path)[-15:]}"
+        return f"{key}: cannot use '{shown}' as a file name ({exc.strerror or exc})"
+    if not found:
         return f"{key}: no such file '{path}' (looked in {file.resolve().parent})"
     return None
 
