@@ -118,3 +118,21 @@ def test_a_killed_run_resumes_with_the_same_cached_states(tiny_recipe, tmp_path,
     a, b = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "reference", tmp_path / "run"))
     assert a["eval"] == b["eval"]
     assert a["top-layers"]["cache"]["examples"] == b["top-layers"]["cache"]["examples"]
+
+
+def test_a_prefix_not_pinned_in_evaluation_mode_is_not_cached(tiny_bert_dir):
+    """A method of someone else's that froze the prefix but forgot keep_in_eval is told, before anything is
+    stored: its dropout would be cached and replayed."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from adapt import AdaptError, keep_in_eval, serve_frozen_prefix
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).requires_grad_(False)
+    run = SimpleNamespace(unwrapped_model=model, compiled=None)
+    with pytest.raises(AdaptError, match=r"^my-method: .*bert\.embeddings, bert\.encoder\.layer\.0 is not"):
+        serve_frozen_prefix(run, first=1, dtype="float32", owner="my-method")
+    keep_in_eval(model.bert.embeddings)
+    with pytest.raises(AdaptError, match=r"and bert\.encoder\.layer\.0 is not"):
+        serve_frozen_prefix(run, first=1, dtype="float32", owner="my-method")

@@ -271,6 +271,15 @@ def serve_frozen_prefix(
         return None
     if any(p.requires_grad for p in _prefix_parameters(backbone, blocks, first)):
         return None
+    loose = _unpinned(model, _prefix_modules(backbone, blocks, first))
+    if loose:
+        from adapt.errors import AdaptError
+
+        raise AdaptError(
+            f"{owner}: the frozen prefix must be pinned in evaluation mode before its output is cached "
+            f"(adapt.keep_in_eval in adapt_transform_model), and {', '.join(loose[:3])} is not: dropout there would "
+            "be stored in the cache and replayed on every epoch"
+        )
     if run.compiled is not None and run.compiled["scope"] == "model":
         run.note(
             f'{owner}: no frozen-prefix cache under train.compile_scope = "model" (its hooks would break the '
@@ -351,6 +360,29 @@ def _prefix_parameters(backbone, blocks, first: int) -> list:
             break
         before.append(param)
     return before + [param for block in list(blocks)[:first] for param in block.parameters()]
+
+
+def _prefix_modules(backbone, blocks, first: int) -> list:
+    """The backbone's children before the one holding the block stack (the embeddings), and the blocks below
+    `first`."""
+    in_blocks = {id(m) for m in blocks.modules()}
+    before = []
+    for child in backbone.children():
+        if any(id(m) in in_blocks for m in child.modules()):
+            break
+        before.append(child)
+    return before + list(blocks)[:first]
+
+
+def _unpinned(model, modules: list) -> list[str]:
+    """Names of the `modules` that no `keep_in_eval` on them or on a module above them keeps in evaluation mode."""
+    names = {id(m): name for name, m in model.named_modules()}
+    pinned = set()
+    for module in model.modules():
+        train = module.__dict__.get("train")
+        if isinstance(train, functools.partial) and train.func is _always_eval:
+            pinned.update(id(m) for m in module.modules())
+    return [names.get(id(m), type(m).__name__) for m in modules if id(m) not in pinned]
 
 
 def _backbone(model, blocks_name: str):
