@@ -131,7 +131,7 @@ def test_a_prefix_not_pinned_in_evaluation_mode_is_not_cached(tiny_bert_dir):
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).requires_grad_(False)
     run = SimpleNamespace(unwrapped_model=model, compiled=None)
-    with pytest.raises(AdaptError, match=r"^my-method: .*bert\.embeddings, bert\.encoder\.layer\.0 is not"):
+    with pytest.raises(AdaptError, match=r"^my-method: .*bert\.embeddings, bert\.encoder\.layer\.0 are not"):
         serve_frozen_prefix(run, first=1, dtype="float32", owner="my-method")
     keep_in_eval(model.bert.embeddings)
     with pytest.raises(AdaptError, match=r"and bert\.encoder\.layer\.0 is not"):

@@ -277,8 +277,9 @@ def serve_frozen_prefix(
 
         raise AdaptError(
             f"{owner}: the frozen prefix must be pinned in evaluation mode before its output is cached "
-            f"(adapt.keep_in_eval in adapt_transform_model), and {', '.join(loose[:3])} is not: dropout there would "
-            "be stored in the cache and replayed on every epoch"
+            f"(adapt.keep_in_eval in adapt_transform_model), and {', '.join(loose[:3])} "
+            f"{'is' if len(loose) == 1 else 'are'} not: dropout there would be stored in the cache and replayed on "
+            "every epoch"
         )
     if run.compiled is not None and run.compiled["scope"] == "model":
         run.note(
@@ -332,6 +333,7 @@ class FrozenPrefixCaching:
         self._close_prefix_cache(delete=False)  # a resumed run reuses the states
 
     def _close_prefix_cache(self, delete: bool) -> None:
+        self._resumed_cache = None  # the next run of this plugin object starts afresh
         if self.prefix_cache is not None:
             self.prefix_cache.uninstall(delete=delete)
             self.prefix_cache = None

@@ -8,6 +8,7 @@ elementwise work not), per padded token; useful work is that per-token cost time
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +26,14 @@ class StepFlops:
     def first(self, batch: dict[str, Any], compiled: bool = False) -> Iterator[None]:
         """`compiled`: the model has compiled parts, which run uncompiled for the counted micro-batch (dynamo
         gives up for good on code it first meets under a dispatch mode)."""
+        if self.per_token is not None:
+            yield
+            return
         import torch
 
         set_stance = getattr(torch.compiler, "set_stance", None)  # torch 2.6 and later
-        if self.per_token is not None or (compiled and set_stance is None):
+        if compiled and set_stance is None:
+            self.per_token = float("nan")  # not counted: summary.json then gives no FLOP figures
             yield
             return
         tokens = _padded_tokens(batch)
@@ -114,7 +119,7 @@ def throughput_summary(
     flops: StepFlops, real_tokens: float, train_seconds: float, device, precision: str, processes: int
 ) -> dict[str, Any]:
     """summary.json's "throughput": useful FLOPs per second per process and their share of the matmul peak."""
-    if flops.per_token is None or train_seconds <= 0:
+    if flops.per_token is None or math.isnan(flops.per_token) or train_seconds <= 0:
         return {}
     useful = flops.per_token * real_tokens / train_seconds / processes
     found = {"flops_per_token": round(flops.per_token), "useful_flops_per_second": round(useful)}
