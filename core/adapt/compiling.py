@@ -9,7 +9,9 @@ dynamo broke or redid a graph, goes to summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,6 +42,20 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str, backend: str, d
             return {"scope": "blocks", "modules": len(blocks), "mode": mode, "backend": backend}
     model.compile(**options)
     return {"scope": scope, "modules": 1, "mode": mode, "backend": backend}
+
+
+@contextlib.contextmanager
+def compiled_dropout(run) -> Iterator[None]:
+    """While a compiled run trains on a CPU: compiled code calls torch's random ops (and so fast dropout's kernel)
+    instead of generating its own random numbers, whose CPU kernels made a compiled MiniLM step about 30% slower
+    (bench/compile.py; measured with dropout on and off)."""
+    if run.compiled is None or run.compiled["backend"] != "inductor" or run.accelerator.device.type != "cpu":
+        yield
+        return
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
 
 
 def compile_report(entry: dict[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def fast_dropout() -> Iterator[None]:
     try:
         with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
             warnings.simplefilter("ignore", UserWarning)
-            library.impl("bernoulli_.float", _bernoulli_, "CPU")
+            # never traced by dynamo (train.compile): numpy's generator is opaque to it, a graph break per mask
+            library.impl("bernoulli_.float", torch.compiler.disable(_bernoulli_), "CPU")
         yield
     finally:
         library._destroy()

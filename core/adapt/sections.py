@@ -139,8 +139,8 @@ class TrainSection(Table):
     trace, to find graph breaks and compile errors quickly."""
     fast_dropout: bool = True
     """On a CPU: dropout masks from a fast generator seeded by torch's (the same rate, other random numbers than
-    torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster. Off under compile (compiled
-    code draws its own masks)."""
+    torch's own kernel; still reproducible and resumed exactly): dropout about 4x faster. Compiled code (train.compile)
+    calls it too."""
     keep_freed_memory: bool = True
     """On Linux: freed memory stays in the process for the next step instead of going back to the OS to be faulted
     in again (glibc mallopt); faster CPU steps, and resident memory stays at its peak."""

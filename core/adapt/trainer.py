@@ -23,6 +23,7 @@ from adapt.autobatch import largest_that_runs, start_size, with_batch
 from adapt.batching import LengthGroupedBatches, padding_efficiency
 from adapt.build import build_model, encode, start_run, token_lengths
 from adapt.checkpoint import Checkpointer
+from adapt.compiling import compiled_dropout
 from adapt.context import Run
 from adapt.cpu_speed import fast_dropout, keep_freed_memory
 from adapt.errors import AdaptError
@@ -363,7 +364,7 @@ class TrainingLoop:
         self.stop.graceful = True
         faster = self._fast_dropout()
         try:
-            with fast_dropout() if faster else contextlib.nullcontext():
+            with fast_dropout() if faster else contextlib.nullcontext(), compiled_dropout(run):
                 self._loop()
             self._finish()
         except BaseException as error:
@@ -525,9 +526,8 @@ class TrainingLoop:
         return {**found, "fast_dropout": self._fast_dropout(), "keep_freed_memory": cfg.keep_freed_memory and cpu}
 
     def _fast_dropout(self) -> bool:
-        """On a CPU, unless compiled: compiled code draws its own masks, and dynamo cannot trace numpy's generator."""
         cfg, run = self.run.recipe.train, self.run
-        return cfg.fast_dropout and run.accelerator.device.type == "cpu" and run.compiled is None
+        return cfg.fast_dropout and run.accelerator.device.type == "cpu"
 
     def stats(self) -> dict[str, Any]:
         run = self.run
