@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Overrides that leave only training to time: no evaluation before the last step, no plots or forgetting probe.
+TRAINING_ONLY = {"train.eval_every": 10**9, "plugins.disable": '["progress", "plots", "forgetting"]'}
+
 
 def run_recipe(
     recipe: str | Path, out: Path, overrides: dict[str, Any] | None = None, extra: list[str] | None = None

@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import cpu_model, publish, run_recipe
+from common import TRAINING_ONLY, cpu_model, publish, run_recipe
 
 RECIPE = Path("recipes/lora-sst2.toml")
 VARIANTS = {
@@ -34,9 +34,8 @@ def measure(variant: str, rows: int, precision: str, out: Path) -> dict:
         {
             "data.max_train_samples": rows,
             "train.precision": precision,
-            "train.eval_every": 10**9,
             "train.log_every": 10,
-            "plugins.disable": '["progress", "plots", "forgetting"]',
+            **TRAINING_ONLY,
             **VARIANTS[variant],
         },
     )

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_model, publish, run_recipe
+from common import TRAINING_ONLY, cpu_model, publish, run_recipe
 
 RECIPE = Path("recipes/lora-sst2.toml")
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,8 +38,7 @@ def run_adapt(rows: int, precision: str, out: Path) -> dict:
         {
             "data.max_train_samples": rows,
             "train.precision": precision,
-            "train.eval_every": 10**9,
-            "plugins.disable": '["progress", "plots", "forgetting"]',
+            **TRAINING_ONLY,
         },
     )
     return {

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
-from common import cpu_model, run_recipe
+from common import TRAINING_ONLY, cpu_model, run_recipe
 
 
 def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
@@ -28,9 +28,8 @@ def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
         "data.max_train_samples": args.rows,
         "train.epochs": args.epochs,
         "train.learning_rate": args.learning_rate,
-        "train.eval_every": 10**9,
         **({"train.precision": f'"{args.precision}"'} if args.precision else {}),
-        "plugins.disable": '["progress", "plots", "forgetting"]',
+        **TRAINING_ONLY,
     }
     return run_recipe(path, out / "run", overrides)
 

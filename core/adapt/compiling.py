@@ -3,13 +3,14 @@
 In place (`Module.compile`), not wrapped: parameter names, `isinstance` checks, forward hooks and
 checkpoints stay what every plugin expects. "blocks" compiles each transformer block on its own (regional
 compilation): the blocks share one code object, so the first block's compile serves the others and the run
-starts far sooner than with the whole model compiled, for most of the speed. What compiled, and how often
-dynamo broke or redid a graph, goes to summary.json.
+starts far sooner than with the whole model compiled. What compiled, its graphs, graph breaks and compile
+seconds go to summary.json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -48,7 +49,7 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str, backend: str, d
 def compiled_dropout(run) -> Iterator[None]:
     """While a compiled run trains on a CPU: compiled code calls torch's random ops (and so fast dropout's kernel)
     instead of generating its own random numbers, whose CPU kernels made a compiled MiniLM step about 30% slower
-    (bench/compile.py; measured with dropout on and off)."""
+    (bench/compile_dropout.py, with dropout on and off)."""
     if run.compiled is None or run.compiled["backend"] != "inductor" or run.accelerator.device.type != "cpu":
         yield
         return
@@ -90,6 +91,4 @@ def _reset_counters() -> None:
 
 
 def _cxx_compiler() -> bool:
-    import os
-
     return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"))

@@ -362,7 +362,7 @@ class TrainingLoop:
             hooks.load_checkpoint_state(run=run, states=plugin_states)
         hooks.on_train_start(run=run)
         self.stop.graceful = True
-        faster = self._fast_dropout()
+        faster = cfg.fast_dropout and acc.device.type == "cpu"
         try:
             with fast_dropout() if faster else contextlib.nullcontext(), compiled_dropout(run):
                 self._loop()
@@ -523,11 +523,7 @@ class TrainingLoop:
             run_precision(acc),
             acc.num_processes,
         )
-        return {**found, "fast_dropout": self._fast_dropout(), "keep_freed_memory": cfg.keep_freed_memory and cpu}
-
-    def _fast_dropout(self) -> bool:
-        cfg, run = self.run.recipe.train, self.run
-        return cfg.fast_dropout and run.accelerator.device.type == "cpu"
+        return {**found, "fast_dropout": cfg.fast_dropout and cpu, "keep_freed_memory": cfg.keep_freed_memory and cpu}
 
     def stats(self) -> dict[str, Any]:
         run = self.run
