@@ -34,6 +34,34 @@ def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
     return run_recipe(path, out / "run", overrides)
 
 
+def flop_bound(model_name: str, train_last: int, length: int = 32) -> tuple[float, float]:
+    """MFLOP per token of one top-layers training step (batch 32 x `length`, the top block trimmed as in a run):
+    (the whole step, the step with the frozen prefix served). No cache makes a later epoch faster than their ratio:
+    it skips the prefix's forward pass, and every FLOP of the trained blocks' forward and backward passes stays."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForSequenceClassification
+
+    from adapt.modeling import find_blocks
+    from adapt.trim import trim_top_block
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=2)
+    trim_top_block(model)
+    blocks = find_blocks(model)[1]
+    prefix = [model.base_model.embeddings, *blocks[: len(blocks) - train_last]]
+    for module in prefix:
+        module.requires_grad_(False)
+    ids = torch.randint(1000, 5000, (32, length))
+    with FlopCounterMode(display=False) as whole:
+        model(input_ids=ids, labels=torch.zeros(32, dtype=torch.long)).loss.backward()
+    with FlopCounterMode(display=False) as skipped, torch.no_grad():
+        hidden = prefix[0](input_ids=ids)
+        for block in prefix[1:]:
+            hidden = block(hidden)
+    total, served = whole.get_total_flops(), whole.get_total_flops() - skipped.get_total_flops()
+    return total / ids.numel() / 1e6, served / ids.numel() / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8000)
@@ -48,7 +76,13 @@ def main() -> None:
         results = {case: run(args, *case, Path(tmp) / f"{case[0]}-{case[1]}") for case in cases}
     precision = results[cases[0]]["precision"]
     what = f"top-layers train_last={args.train_last}, {args.rows} rows, {args.epochs} epochs, {precision}"
+    model_name = tomllib.loads((Path("recipes") / f"{args.recipe}.toml").read_text())["model"]["name"]
+    total, served = flop_bound(model_name, args.train_last)
     print(f"\n{cpu_model()}; {what}\n")
+    print(
+        f"FLOP bound: a served step does {served:.1f} of the whole step's {total:.1f} MFLOP per token, so no cache "
+        f"makes a later epoch more than {total / served:.2f}x faster\n"
+    )
     print("| prefix cache | seconds per epoch | later epochs vs no cache | val accuracy | cache MiB | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
     off = results[(False, "float16")]["epoch_seconds"][1:]

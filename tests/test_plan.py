@@ -96,8 +96,11 @@ def test_planned_activations_are_what_the_real_forward_pass_keeps(methods, preci
         loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
         kept = live.total
     assert loss.requires_grad
-    # the outputs (logits, loss) are alive too: a few hundred bytes
-    assert plan.activations_without_checkpointing == pytest.approx(kept, rel=0.03)
+    # the outputs (logits, loss) are alive too: a few hundred bytes. LLM.int8 under bf16: the plan counts one
+    # batch x length x hidden fp32 tensor more than this measurement, which itself finds that tensor alive or not
+    # depending on what ran before in the process (53,248 bytes here; 3-5% of this tiny model's activations)
+    tolerance = 0.06 if "int8" in methods and precision == "bf16" else 0.03
+    assert plan.activations_without_checkpointing == pytest.approx(kept, rel=tolerance)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

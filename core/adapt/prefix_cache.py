@@ -123,6 +123,7 @@ class PrefixCache:
         self.hits = self.misses = self.unstored = 0
         self.handles: list[Any] = []
         self.compiled: dict[torch.nn.Module, Any] = {}  # the prefix blocks' compiled code, while the cache is on
+        self.forwards: dict[torch.nn.Module, Any] = {}  # forwards set on the prefix blocks before the cache's own
 
     # --- installation -------------------------------------------------------------------------------
 
@@ -133,7 +134,9 @@ class PrefixCache:
             self.blocks[self.first - 1].register_forward_hook(self._at_boundary),
         ]
         for block in list(self.blocks)[: self.first]:
-            block.forward = functools.partial(_pass_through_when_serving, self, block)
+            # the block's forward as it is (a forward set on the block itself, adapt.trim's, too) runs when not serving
+            self.forwards[block] = block.__dict__.get("forward")
+            block.forward = functools.partial(_pass_through_when_serving, self, block.forward)
             # train.compile: the cache does a frozen block's work, and its Python would only break the graph
             self.compiled[block] = block.__dict__.pop("_compiled_call_impl", None)
 
@@ -143,9 +146,11 @@ class PrefixCache:
             handle.remove()
         for block in list(self.blocks)[: self.first]:
             block.__dict__.pop("forward", None)
+            if self.forwards.get(block) is not None:
+                block.forward = self.forwards[block]
             if self.compiled.get(block) is not None:
                 block._compiled_call_impl = self.compiled[block]
-        self.compiled = {}
+        self.forwards, self.compiled = {}, {}
         if self.store is not None:
             self.store.close(delete)
             self.store = None
@@ -411,9 +416,9 @@ def _token_count(split) -> int:
     return int(pc.sum(pc.list_value_length(split.with_format("arrow")["input_ids"])).as_py() or 0)
 
 
-def _pass_through_when_serving(prefix_cache: PrefixCache, block: torch.nn.Module, /, *args: Any, **kwargs: Any):
+def _pass_through_when_serving(prefix_cache: PrefixCache, forward, /, *args: Any, **kwargs: Any):
     if prefix_cache.serving is None:
-        return type(block).forward(block, *args, **kwargs)
+        return forward(*args, **kwargs)
     hidden = args[0] if args else kwargs["hidden_states"]
     return (hidden,) if prefix_cache.block_returns_tuple else hidden
 

@@ -38,6 +38,7 @@ from adapt.report import MemoryProbe, run_precision, run_summary, show_notes
 from adapt.resume import check_resumable
 from adapt.rundir import Claim, RunDirectory, RunDirectoryError, claim_output
 from adapt.throughput import StepFlops, throughput_summary
+from adapt.trim import is_trimmed
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
@@ -300,6 +301,7 @@ class TrainingLoop:
         self.mean_length = 0.0  # real tokens per training example
         self.first_step_seconds: float | None = None  # from the command's start (adapt's import) to training
         self.flops = StepFlops()
+        self.trimmed = is_trimmed(run.model)  # before a prefix cache takes the block's forward over
         self.clock = _TrainClock()
         self.window = _LogWindow(run.accelerator.device)
         cfg = run.recipe.train
@@ -523,7 +525,12 @@ class TrainingLoop:
             run_precision(acc),
             acc.num_processes,
         )
-        return {**found, "fast_dropout": cfg.fast_dropout and cpu, "keep_freed_memory": cfg.keep_freed_memory and cpu}
+        return {
+            **found,
+            "fast_dropout": cfg.fast_dropout and cpu,
+            "keep_freed_memory": cfg.keep_freed_memory and cpu,
+            "trimmed_top_block": self.trimmed,
+        }
 
     def stats(self) -> dict[str, Any]:
         run = self.run
