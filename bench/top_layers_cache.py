@@ -1,10 +1,11 @@
 """top-layers (train the top k blocks and the head) with and without the frozen-prefix cache: seconds per epoch.
 
 HF_HUB_OFFLINE=1 python bench/top_layers_cache.py [--rows 8000] [--epochs 3] [--train-last 2] [--recipe lora-sst2]
-                                               [--precision fp32|bf16]
+                                               [--precision fp32|bf16] [--whole-top-block]
 
 Run it from the project root. The recipe's methods are replaced by `[methods.top-layers]` (train_last of
 MiniLM's 6 blocks, the pooler and the classifier train); everything else but the learning rate is the recipe's.
+It also prints the FLOP bound: the whole step's FLOPs over a served step's, the most any prefix cache could gain.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
         "train.epochs": args.epochs,
         "train.learning_rate": args.learning_rate,
         **({"train.precision": f'"{args.precision}"'} if args.precision else {}),
+        **({"model.trim_top_block": "false"} if args.whole_top_block else {}),
         **TRAINING_ONLY,
     }
     return run_recipe(path, out / "run", overrides)
 
 
-def flop_bound(model_name: str, train_last: int, length: int = 32) -> tuple[float, float]:
-    """MFLOP per token of one top-layers training step (batch 32 x `length`, the top block trimmed as in a run):
+def flop_bound(model_name: str, train_last: int, trim: bool, length: int = 32) -> tuple[float, float]:
+    """MFLOP per token of one top-layers training step (batch 32 x `length`, the top block trimmed or not):
     (the whole step, the step with the frozen prefix served). No cache makes a later epoch faster than their ratio:
     it skips the prefix's forward pass, and every FLOP of the trained blocks' forward and backward passes stays."""
     import torch
@@ -46,7 +48,8 @@ def flop_bound(model_name: str, train_last: int, length: int = 32) -> tuple[floa
     from adapt.trim import trim_top_block
 
     model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=2)
-    trim_top_block(model)
+    if trim:
+        trim_top_block(model)
     blocks = find_blocks(model)[1]
     prefix = [model.base_model.embeddings, *blocks[: len(blocks) - train_last]]
     for module in prefix:
@@ -70,14 +73,16 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--recipe", default="lora-sst2")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: the recipe's")
+    parser.add_argument("--whole-top-block", action="store_true", help="model.trim_top_block = false")
     args = parser.parse_args()
     cases = [(True, "float16"), (True, "float32"), (False, "float16")]
     with tempfile.TemporaryDirectory() as tmp:
         results = {case: run(args, *case, Path(tmp) / f"{case[0]}-{case[1]}") for case in cases}
     precision = results[cases[0]]["precision"]
     what = f"top-layers train_last={args.train_last}, {args.rows} rows, {args.epochs} epochs, {precision}"
+    what += ", top block whole" if args.whole_top_block else ", top block trimmed"
     model_name = tomllib.loads((Path("recipes") / f"{args.recipe}.toml").read_text())["model"]["name"]
-    total, served = flop_bound(model_name, args.train_last)
+    total, served = flop_bound(model_name, args.train_last, trim=not args.whole_top_block)
     print(f"\n{cpu_model()}; {what}\n")
     print(
         f"FLOP bound: a served step does {served:.1f} of the whole step's {total:.1f} MFLOP per token, so no cache "
