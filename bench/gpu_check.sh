@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: run it whenever a CUDA machine is at hand (no internet needed once the HF cache is seeded).
-# LoRA, int8+LoRA, 4-bit+LoRA, LoRA with activation checkpointing and LoRA under torch.compile on MiniLM / SST-2
-# for a few hundred steps, then one table: samples/s, peak CUDA memory, the plan's estimate, accuracy. Whether
-# train.compile pays on a GPU: compare lora-compile's samples/s with lora's (its first steps include the compile).
+# LoRA, int8+LoRA, 4-bit+LoRA, LoRA with activation checkpointing, LoRA under torch.compile and LoRA with the
+# whole top block (model.trim_top_block = false) on MiniLM / SST-2 for a few hundred steps, then one table:
+# samples/s, peak CUDA memory, the plan's estimate, accuracy. Whether train.compile pays on a GPU: compare
+# lora-compile's samples/s with lora's (its first steps include the compile); what the trim saves: lora against
+# lora-whole-top-block.
 #
 #   python ../shared/offline/seed_hf_cache.py     # once, if the cache is not seeded
 #   HF_HUB_OFFLINE=1 bash bench/gpu_check.sh [STEPS]
@@ -22,8 +24,9 @@ declare -A variants=(
   [nf4-lora]="recipes/int8-lora-sst2.toml --set methods.int8.bits=4"
   [lora-checkpointing]="recipes/lora-sst2.toml --set train.gradient_checkpointing=true"
   [lora-compile]="recipes/lora-sst2.toml --set train.compile=true"
+  [lora-whole-top-block]="recipes/lora-sst2.toml --set model.trim_top_block=false"
 )
-for name in lora int8-lora nf4-lora lora-checkpointing lora-compile; do
+for name in lora int8-lora nf4-lora lora-checkpointing lora-compile lora-whole-top-block; do
   # shellcheck disable=SC2086
   adapt run ${variants[$name]} "${common[@]}" --set "output.dir=$out/$name" > "$out/$name.log" 2>&1 \
     || { echo "$name failed:"; tail -20 "$out/$name.log"; }
@@ -35,7 +38,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 print("\n| variant | train samples/s | peak CUDA MiB | planned MiB | planned / measured | val accuracy |")
 print("| --- | --- | --- | --- | --- | --- |")
-for name in ("lora", "int8-lora", "nf4-lora", "lora-checkpointing", "lora-compile"):
+for name in ("lora", "int8-lora", "nf4-lora", "lora-checkpointing", "lora-compile", "lora-whole-top-block"):
     f = out / name / "summary.json"
     if not f.is_file():
         print(f"| {name} | failed | | | | |")
