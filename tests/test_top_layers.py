@@ -89,6 +89,38 @@ def test_served_states_give_the_outputs_of_running_the_prefix(tiny_bert_dir, tmp
     assert torch.equal(logits(tight, 1), expected_tight)
 
 
+def test_past_a_trimmed_top_block_only_the_first_token_s_row_is_stored(tiny_bert_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from adapt import PrefixCache, on_last_block_output
+    from adapt.trim import trim_top_block
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
+    assert trim_top_block(model)
+    texts = ["w1 good w2", "w3 w4 awful w5 w6 w7", "lovely", "w5 w6 w7 dull w8 w9 w10 w11"]
+    tight = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    wide = dict(tokenizer(texts[::-1], padding="max_length", max_length=20, return_tensors="pt"))
+    with torch.no_grad():
+        expected_tight, expected_wide = model(**tight).logits, model(**wide).logits
+        blocks = model.bert.encoder.layer
+        cache = PrefixCache(model.bert, blocks, len(blocks), tmp_path / "states.bin", 4, torch.float32)
+        cache.install()
+        assert cache.first_row and torch.equal(model(**tight).logits, expected_tight)  # a miss, stored
+        assert cache.store.used == 4  # one row per example (the tokens' rows would not fit in 4)
+        assert torch.equal(model(**tight).logits, expected_tight)  # a hit
+        torch.testing.assert_close(model(**wide).logits, expected_wide, rtol=1e-5, atol=1e-7)
+        assert (cache.misses, cache.hits) == (4, 8)
+        # a hook reading the top block's every row gets them: the block runs whole, the cache stays out of the way
+        seen = []
+        handle = on_last_block_output(model, lambda block, hidden: seen.append(hidden.shape[1]))
+        torch.testing.assert_close(model(**tight).logits, expected_tight)
+        assert seen == [tight["input_ids"].shape[1]] and (cache.misses, cache.hits) == (4, 8)
+        handle.remove()
+    cache.uninstall(delete=True)
+    assert model.bert.encoder.layer[-1].forward.__class__.__name__ == "FirstTokenForward"
+
+
 def test_composed_with_lora_the_lower_adapters_stay_frozen(train_tiny):
     lora = {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}
     run, before, summary = train_tiny(methods={"lora": lora, "top-layers": {"train_last": 1}})

@@ -13,7 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from adapt.modeling import find_blocks, parameter_count
-from adapt.trim import ignores_output
+from adapt.trim import reads_first_row_only
 
 DTYPE_LABELS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
@@ -266,7 +266,7 @@ def saved_activations(
 
         return hook
 
-    @ignores_output  # a trimmed top block stays trimmed (adapt.trim), as in training
+    @reads_first_row_only  # reads none: a trimmed top block stays trimmed (adapt.trim), as in training
     def leave(module, args, output):
         where.pop()
 

@@ -7,7 +7,9 @@ every example of a later batch is stored, the frozen blocks pass their input thr
 the stored states instead. An example is known by its real (unpadded) token ids, so it is found whatever batch it
 lands in and however that batch is padded: at real positions the blocks after the prefix see what the prefix
 computed (padding is masked out of attention), bit for bit with float32 storage (a prefix run at another padding
-may differ in the last bits: attention sums over more keys in another order).
+may differ in the last bits: attention sums over more keys in another order). Where the prefix ends at a top
+block trimmed to the first token's row (`model.trim_top_block`: the classifier reads nothing else), that row is
+all there is to store: one row per example instead of one per token.
 
     cache = serve_frozen_prefix(run, first=len(blocks), dtype="float16", owner="head-only")
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapt.hookspecs import hookimpl
+from adapt.trim import is_trimmed_block, observed, reads_first_row_only
 
 if TYPE_CHECKING:
     import torch
@@ -99,7 +102,8 @@ class StateStore:
 
 class PrefixCache:
     """Serves the output of `blocks[first - 1]` (the last frozen block) from a `StateStore`, created lazily when
-    the first states arrive and their width is known. `capacity` is in tokens; `max_bytes` caps the file."""
+    the first states arrive and their width is known. `capacity` is in rows (tokens; examples where only the
+    first token's row is stored); `max_bytes` caps the file."""
 
     def __init__(
         self,
@@ -116,6 +120,8 @@ class PrefixCache:
         self.backbone, self.blocks, self.first = backbone, blocks, first
         self.path, self.capacity, self.dtype, self.max_bytes = path, capacity, dtype, max_bytes
         self.store: StateStore | None = None
+        # the prefix ends at a top block trimmed to the first token's row (adapt.trim): only that row is stored
+        self.first_row = first == len(blocks) and is_trimmed_block(blocks[-1])
         self.signature = inspect.signature(backbone.forward)
         self.serving: tuple[list[bytes], torch.Tensor] | None = None
         self.storing: tuple[list[bytes], torch.Tensor] | None = None
@@ -128,10 +134,13 @@ class PrefixCache:
     # --- installation -------------------------------------------------------------------------------
 
     def install(self) -> None:
+        boundary = functools.partial(PrefixCache._at_boundary, self)
+        if self.first_row:
+            reads_first_row_only(boundary)  # the trimmed top block stays trimmed under it
         self.handles = [
             self.backbone.register_forward_pre_hook(self._on_backbone_call, with_kwargs=True),
             self.backbone.register_forward_hook(self._after_backbone_call),
-            self.blocks[self.first - 1].register_forward_hook(self._at_boundary),
+            self.blocks[self.first - 1].register_forward_hook(boundary),
         ]
         for block in list(self.blocks)[: self.first]:
             # the block's forward as it is (a forward set on the block itself, adapt.trim's, too) runs when not serving
@@ -159,6 +168,8 @@ class PrefixCache:
 
     def _on_backbone_call(self, module, args, kwargs) -> None:
         self.serving = self.storing = None
+        if self.first_row and observed(self.blocks[-1]):
+            return  # a hook reads every row of the top block (the forgetting probe): it runs whole, uncached
         try:
             bound = self.signature.bind_partial(*args, **kwargs).arguments
         except TypeError:
@@ -198,12 +209,12 @@ class PrefixCache:
         for i, key in enumerate(keys):
             if key in self.store.index:
                 continue
-            rows = hidden[i][real[i]].detach().to("cpu", self.dtype)
+            rows = (hidden[i][:1] if self.first_row else hidden[i][real[i]]).detach().to("cpu", self.dtype)
             if not rows.isfinite().all() or not self.store.add(key, rows):  # out of range for the dtype, or full
                 self.unstored += 1
 
     def _open(self, hidden: int) -> StateStore:
-        capacity = self.capacity  # tokens
+        capacity = self.capacity  # rows
         if self.max_bytes is not None:
             capacity = min(capacity, self.max_bytes // (hidden * self.dtype.itemsize))
         return StateStore(self.path, capacity, hidden, self.dtype)
@@ -213,9 +224,12 @@ class PrefixCache:
 
         keys, real = self.serving
         incoming = output[0] if isinstance(output, tuple) else output  # the embeddings, passed through
-        rows = self.store.gather(keys)  # every real token of the batch, example after example
-        states = torch.zeros_like(incoming)
-        states[real.to(incoming.device)] = rows.to(incoming.device, incoming.dtype)  # fills in that same order
+        rows = self.store.gather(keys)  # every real token of the batch (or first token), example after example
+        if self.first_row:
+            states = rows.to(incoming.device, incoming.dtype).unsqueeze(1)  # what the trimmed top block returns
+        else:
+            states = torch.zeros_like(incoming)
+            states[real.to(incoming.device)] = rows.to(incoming.device, incoming.dtype)  # fills in that same order
         return (states, *output[1:]) if isinstance(output, tuple) else states
 
     def stats(self) -> dict[str, Any]:
@@ -292,7 +306,10 @@ def serve_frozen_prefix(
             'compiled graph); compile_scope = "blocks" keeps both'
         )
         return None
-    capacity = sum(_token_count(split) for split in run.encoded.values())
+    if first == len(blocks) and is_trimmed_block(blocks[-1]):
+        capacity = sum(len(split) for split in run.encoded.values())  # one row per example
+    else:
+        capacity = sum(_token_count(split) for split in run.encoded.values())
     path = run.output_dir / "prefix-cache" / f"{owner}-p{run.accelerator.process_index}.bin"
     cache = PrefixCache(backbone, blocks, first, path, capacity, getattr(torch, dtype), max_bytes)
     cache.install()

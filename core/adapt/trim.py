@@ -52,18 +52,24 @@ def trim_top_block(model: Any) -> bool:
 
 def is_trimmed(model: Any) -> bool:
     """Whether `trim_top_block` trimmed a block of `model` (wrapped by PEFT or not)."""
-    return any(isinstance(m.__dict__.get("forward"), FirstTokenForward) for m in model.modules())
+    return any(is_trimmed_block(m) for m in model.modules())
 
 
-def ignores_output(hook: Any) -> Any:
-    """Mark a forward hook that does not read the block's output (the memory planner's), so that a trimmed block
-    stays trimmed under it."""
-    hook.adapt_ignores_output = True
+def is_trimmed_block(block: Any) -> bool:
+    """Whether `trim_top_block` trimmed this block."""
+    return isinstance(block.__dict__.get("forward"), FirstTokenForward)
+
+
+def reads_first_row_only(hook: Any) -> Any:
+    """Mark a forward hook that reads at most the first token's row of the block's output (the frozen-prefix
+    cache's, the memory planner's), so that a trimmed block stays trimmed under it."""
+    hook.adapt_reads_first_row_only = True
     return hook
 
 
-def _observed(block: Any) -> bool:
-    return any(not getattr(hook, "adapt_ignores_output", False) for hook in block._forward_hooks.values())
+def observed(block: Any) -> bool:
+    """Whether a forward hook on `block` reads more of its output than the first token's row."""
+    return any(not getattr(hook, "adapt_reads_first_row_only", False) for hook in block._forward_hooks.values())
 
 
 def _plain_encoder_block(block: Any) -> bool:
@@ -98,7 +104,7 @@ class FirstTokenForward:
         other = any(a is not None for a in args) or any(
             kwargs.get(name) is not None for name in ("encoder_hidden_states", "encoder_attention_mask", "cache")
         )
-        if _observed(block) or other or implementation not in ATTENTION:
+        if observed(block) or other or implementation not in ATTENTION:
             return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)
         for name in ("encoder_hidden_states", "encoder_attention_mask", "cache", "past_key_values"):
             kwargs.pop(name, None)
