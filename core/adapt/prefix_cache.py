@@ -254,12 +254,13 @@ class PrefixCache:
         from adapt.weights import save_tensors
 
         save_tensors(self.store.export_index(), _index_file(run, owner, run.step))
-        return {"step": run.step, "used": self.store.used, "hidden": self.store.hidden, **self.stats()}
+        state = {"step": run.step, "used": self.store.used, "hidden": self.store.hidden, **self.stats()}
+        return {**state, "first_row": self.first_row}
 
     def resume(self, run: Run, owner: str, state: dict[str, Any]) -> None:
         """Serve what the checkpoint `state` (from `checkpoint`) had stored, from the interrupted run's file."""
-        if not self.path.is_file():
-            return  # the file is gone: the resumed run stores the states afresh
+        if not self.path.is_file() or state.get("first_row", False) != self.first_row:
+            return  # the file is gone, or holds rows of another layout: the resumed run stores the states afresh
         from safetensors.torch import load_file
 
         self.store = self._open(state["hidden"])

@@ -30,6 +30,8 @@ FIRST_TOKEN_CLASSIFIERS = frozenset(
     }
 )
 ATTENTION = ("sdpa", "eager")
+#: Arguments of a call that is not the plain encoder call (cross-attention, a KV cache): the block runs whole.
+NOT_ENCODER = ("encoder_hidden_states", "encoder_attention_mask", "cache", "past_key_values")
 
 
 def trim_top_block(model: Any) -> bool:
@@ -101,12 +103,10 @@ class FirstTokenForward:
         block = self.block
         attention = block.attention.self
         implementation = attention.config._attn_implementation
-        other = any(a is not None for a in args) or any(
-            kwargs.get(name) is not None for name in ("encoder_hidden_states", "encoder_attention_mask", "cache")
-        )
+        other = any(a is not None for a in args) or any(kwargs.get(name) is not None for name in NOT_ENCODER)
         if observed(block) or other or implementation not in ATTENTION:
             return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)
-        for name in ("encoder_hidden_states", "encoder_attention_mask", "cache", "past_key_values"):
+        for name in NOT_ENCODER:
             kwargs.pop(name, None)
         batch, length = hidden_states.shape[:2]
         size = attention.attention_head_size
