@@ -38,8 +38,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 class StateStore:
-    """Unpadded hidden states of examples, one row per token, in a file mapped into memory (rows of a new
-    example are appended; `index` maps an example's key to its first row and row count)."""
+    """Unpadded hidden states of examples, one row per token (or the first token's only), in a file mapped into
+    memory (rows of a new example are appended; `index` maps an example's key to its first row and row count)."""
 
     def __init__(self, path: Path, capacity: int, hidden: int, dtype: torch.dtype):
         import torch
@@ -120,8 +120,7 @@ class PrefixCache:
         self.backbone, self.blocks, self.first = backbone, blocks, first
         self.path, self.capacity, self.dtype, self.max_bytes = path, capacity, dtype, max_bytes
         self.store: StateStore | None = None
-        # the prefix ends at a top block trimmed to the first token's row (adapt.trim): only that row is stored
-        self.first_row = first == len(blocks) and is_trimmed_block(blocks[-1])
+        self.first_row = _stores_first_rows(blocks, first)
         self.signature = inspect.signature(backbone.forward)
         self.serving: tuple[list[bytes], torch.Tensor] | None = None
         self.storing: tuple[list[bytes], torch.Tensor] | None = None
@@ -307,7 +306,7 @@ def serve_frozen_prefix(
             'compiled graph); compile_scope = "blocks" keeps both'
         )
         return None
-    if first == len(blocks) and is_trimmed_block(blocks[-1]):
+    if _stores_first_rows(blocks, first):
         capacity = sum(len(split) for split in run.encoded.values())  # one row per example
     else:
         capacity = sum(_token_count(split) for split in run.encoded.values())
@@ -385,6 +384,11 @@ def _prefix_parameters(backbone, blocks, first: int) -> list:
             break
         before.append(param)
     return before + [param for block in list(blocks)[:first] for param in block.parameters()]
+
+
+def _stores_first_rows(blocks, first: int) -> bool:
+    """The prefix ends at a top block trimmed to the first token's row (adapt.trim): only that row is stored."""
+    return first == len(blocks) and is_trimmed_block(blocks[-1])
 
 
 def _prefix_modules(backbone, blocks, first: int) -> list:
