@@ -89,6 +89,36 @@ def test_lora_layers_in_a_trimmed_block_train_as_in_the_whole_one():
         torch.testing.assert_close(trimmed_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_plain_key_and_value_weights_act_on_the_query_instead_of_every_token(attention):
+    """Keys and values of nn.Linear are absorbed into the first query: the same logits and gradients as projecting
+    every token (forced by a hook on the key projection, which must see every token), under attention dropout too
+    (eager draws the same masks either way), with fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model("bert", attention, dropout=0.3)
+    trim_top_block(model)
+    batch = _batch()
+
+    def step():
+        with FlopCounterMode(display=False) as flops:
+            logits, grads = _outputs_and_grads(model, batch)
+        return logits, grads, flops.get_total_flops()
+
+    logits, grads, absorbed_flops = step()
+    seen = []
+    key = model.bert.encoder.layer[-1].attention.self.key
+    handle = key.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    projected_logits, projected_grads, projected_flops = step()
+    handle.remove()
+    assert seen == [torch.Size([4, 12, 32])] and absorbed_flops < projected_flops
+    if attention == "eager":
+        torch.testing.assert_close(logits, projected_logits, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == projected_grads.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], projected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_a_hook_on_the_top_block_sees_every_row():
     from adapt import on_last_block_output
 

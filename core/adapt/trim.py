@@ -112,10 +112,14 @@ class FirstTokenForward:
         size = attention.attention_head_size
         first = hidden_states[:, :1]
         query = attention.query(first).view(batch, 1, -1, size).transpose(1, 2)
-        key = attention.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)
-        value = attention.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
         if attention_mask is not None and attention_mask.dim() == 4:
             attention_mask = attention_mask[:, :, :1]  # the first query's row of a per-query mask
+        if _absorbable(attention, attention_mask):
+            context = _absorbed_attention(attention, query, hidden_states, attention_mask)
+            attended = block.attention.output(context, first)
+            return block.feed_forward_chunk(attended)
+        key = attention.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)
+        value = attention.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
         function = self.functions.get_interface(implementation, self.eager_attention)
         context, _ = function(
             attention,
@@ -129,3 +133,56 @@ class FirstTokenForward:
         )
         attended = block.attention.output(context.reshape(batch, 1, -1), first)
         return block.feed_forward_chunk(attended)
+
+
+def _absorbable(attention: Any, mask: Any) -> bool:
+    """Whether keys and values are plain linear maps whose weights can be applied to the one query instead of to
+    every token: `nn.Linear` itself (not LoRA's, int8's or a parametrized subclass), with nothing hooked on it."""
+    import torch
+
+    def plain(linear: Any) -> bool:
+        return (
+            type(linear) is torch.nn.Linear
+            and not linear._forward_hooks
+            and not linear._forward_pre_hooks
+            and "forward" not in vars(linear)
+        )
+
+    return plain(attention.key) and plain(attention.value) and (mask is None or mask.dim() == 4)
+
+
+def _absorbed_attention(attention: Any, query: Any, states: Any, mask: Any) -> Any:
+    """The first token's attention, with the key and value projections moved onto the query's side.
+
+    Per head h, q·(W_h x_j + b_h) = (W_hᵀ q)·x_j + q·b_h, whose last term is the same for every key j (softmax drops
+    it; it is kept for the bias's zero gradient), and Σ_j a_j (V_h x_j + c_h) = V_h (Σ_j a_j x_j) + (Σ_j a_j) c_h,
+    where Σ_j a_j is 1 but for attention dropout. One query then costs a few vectors per head instead of a key and a
+    value for every token: the top block's per-token matmuls go, forward and backward. Equal to projecting every
+    token up to rounding (tested).
+    """
+    import torch
+    from torch.nn import functional
+
+    heads, size = query.shape[1], query.shape[-1]
+    first = query[:, :, 0].transpose(0, 1)  # (heads, batch, size)
+    key = attention.key.weight.view(heads, size, -1)
+    value = attention.value.weight.view(heads, size, -1)
+    # torch.matmul, which autocast casts (einsum it does not), on 3-d operands that broadcast nothing
+    pulled = torch.matmul(first, key).transpose(0, 1)  # W_hᵀ q: (batch, heads, hidden)
+    scores = torch.matmul(pulled, states.transpose(1, 2))  # (batch, heads, length)
+    if attention.key.bias is not None:  # softmax drops it, but the bias keeps its (zero) gradient, as unabsorbed
+        scores = scores + (first * attention.key.bias.view(heads, 1, size)).sum(-1).transpose(0, 1)[..., None]
+    scores = scores * attention.scaling
+    if mask is not None:
+        mask = mask[:, :, 0]  # (batch, 1 or heads, length)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    weights = functional.softmax(scores, dim=-1)
+    weights = functional.dropout(weights, p=attention.dropout.p, training=attention.training)
+    mixed = torch.matmul(weights, states)  # Σ_j a_j x_j: (batch, heads, hidden)
+    context = torch.matmul(mixed.transpose(0, 1), value.transpose(1, 2)).transpose(0, 1)  # (batch, heads, size)
+    if attention.value.bias is not None:
+        context = context + weights.sum(-1, keepdim=True) * attention.value.bias.view(heads, size)
+    return context.reshape(query.shape[0], 1, heads * size)
