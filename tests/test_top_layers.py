@@ -121,6 +121,47 @@ def test_past_a_trimmed_top_block_only_the_first_token_s_row_is_stored(tiny_bert
     assert model.bert.encoder.layer[-1].forward.__class__.__name__ == "FirstTokenForward"
 
 
+def test_a_checkpoint_of_the_other_row_layout_is_stored_afresh(tiny_bert_dir, tmp_path):
+    """A resumed run serves a checkpoint's states only if they were stored in its own layout: one written before
+    first-row storing (its state names no layout: every token's rows) is stored afresh, not served as first rows."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from adapt import PrefixCache
+    from adapt.trim import trim_top_block
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
+    trim_top_block(model)
+    batch = dict(tokenizer(["w1 good w2", "w3 w4 awful w5 w6 w7", "lovely"], padding=True, return_tensors="pt"))
+    blocks = model.bert.encoder.layer
+    run = SimpleNamespace(
+        checkpoints_dir=tmp_path / "checkpoints", accelerator=SimpleNamespace(process_index=0), step=5
+    )
+    (run.checkpoints_dir / "head-only").mkdir(parents=True)
+
+    def cache():
+        made = PrefixCache(model.bert, blocks, len(blocks), tmp_path / "states.bin", 8, torch.float32)
+        made.install()
+        return made
+
+    with torch.no_grad():
+        expected = model(**batch).logits
+        interrupted = cache()
+        model(**batch)
+        state = interrupted.checkpoint(run, "head-only")
+        interrupted.uninstall(delete=False)  # kept for the resumed run, as a stop does
+        older = {key: value for key, value in state.items() if key != "first_row"}
+        for resumed_from, served in ((state, True), (older, False)):
+            resumed = cache()
+            resumed.resume(run, "head-only", resumed_from)
+            assert (resumed.store is not None) is served
+            torch.testing.assert_close(model(**batch).logits, expected)
+            assert (resumed.hits, resumed.misses) == ((3, 3) if served else (0, 3))  # served: the stats resume too
+            resumed.uninstall(delete=False)
+
+
 def test_composed_with_lora_the_lower_adapters_stay_frozen(train_tiny):
     lora = {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}
     run, before, summary = train_tiny(methods={"lora": lora, "top-layers": {"train_last": 1}})

@@ -5,7 +5,8 @@ RoBERTa's, XLM-R's, CamemBERT's and ELECTRA's classification heads). The other r
 output, feed-forward layers and their backward passes are computed and thrown away: about 5/6 of the top block, a
 sixth of a 6-block model's step. Trimmed, the block computes keys and values for every token (the first token attends
 to all of them) and everything else for the first token only; the classifier's input is the same up to rounding
-(tested), and so is every gradient.
+(tested), and so is every gradient. Where the key and value projections are plain `nn.Linear` layers, even those
+per-token projections go: their weights are applied to the one query instead (`_absorbed_attention`).
 
 The block's own submodules do the work (so LoRA layers, adapters' hooks and int8 linears apply as before); only
 the attention's wiring is repeated here. Where something observes the top block's full output (a forward hook on
