@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,44 @@ def publish(intro: str, columns: list[str], rows: list[str], out: Path) -> str:
     out.write_text(text)
     print(text)
     return text
+
+
+def run_switched(args, setting: str, on: bool, out: Path) -> dict[str, Any]:
+    """The summary of `args.recipe` (from `switch_arguments`) on `args.rows` rows at `args.precision`, with the
+    recipe key `setting` on or off, nothing but training timed; its training samples/s as `samples_per_second`."""
+    overrides = {
+        "data.max_train_samples": args.rows,
+        "train.precision": f'"{args.precision}"',
+        setting: str(on).lower(),
+        **TRAINING_ONLY,
+    }
+    summary = run_recipe(Path("recipes") / f"{args.recipe}.toml", out, overrides)
+    return {**summary, "samples_per_second": summary["train_samples_per_second"]}
+
+
+def switch_pairs(pairs: int, measure: Callable[[bool, Path], dict[str, Any]]) -> tuple[list[dict[bool, dict]], float]:
+    """`measure(on, directory)` with a switch on and off, one after the other, `pairs` times (so drift in the
+    machine's speed falls on both): each pair's results by the switch, and the median of the pairs' ratios of
+    training samples/s, on over off."""
+    import statistics
+    import tempfile
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in range(1, pairs + 1):
+            results.append({on: measure(on, Path(tmp) / f"{pair}-{on}") for on in (True, False)})
+    ratio = statistics.median(r[True]["samples_per_second"] / r[False]["samples_per_second"] for r in results)
+    return results, ratio
+
+
+def switch_arguments(description: str, rows: int, recipe: str, out: str):
+    """The command line of a bench that runs a recipe with a switch on and off (`switch_pairs`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--recipe", default=recipe)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser.parse_args()

@@ -12,55 +12,20 @@ noise, not to the last digit (the outputs and gradients themselves agree to roun
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
-from pathlib import Path
-
-from common import TRAINING_ONLY, cpu_model, publish, run_recipe
-
-
-def measure(recipe: Path, trim: bool, rows: int, precision: str, out: Path) -> dict:
-    summary = run_recipe(
-        recipe,
-        out,
-        {
-            "data.max_train_samples": rows,
-            "train.precision": f'"{precision}"',
-            "model.trim_top_block": str(trim).lower(),
-            **TRAINING_ONLY,
-        },
-    )
-    assert summary["throughput"]["trimmed_top_block"] is trim
-    return {
-        "samples_per_second": summary["train_samples_per_second"],
-        "flops_per_token": summary["throughput"]["flops_per_token"],
-        "accuracy": summary["eval"]["accuracy"],
-    }
+from common import cpu_model, publish, run_switched, switch_arguments, switch_pairs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=4000)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--recipe", default="lora-sst2")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-trim-top-block.md"))
-    args = parser.parse_args()
-    recipe = Path("recipes") / f"{args.recipe}.toml"
-    rows, ratios = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for pair in range(1, args.pairs + 1):
-            runs = {}
-            for trim in (True, False):
-                runs[trim] = measure(recipe, trim, args.rows, args.precision, Path(tmp) / f"{pair}-{trim}")
-            ratios.append(runs[True]["samples_per_second"] / runs[False]["samples_per_second"])
-            for trim, r in runs.items():
-                rows.append(
-                    f"| {pair} | {'trimmed' if trim else 'whole'} | {r['samples_per_second']:.1f} | "
-                    f"{r['flops_per_token'] / 1e6:.1f} | {r['accuracy']:.4f} |"
-                )
-    rows.append(f"| **median** | trimmed / whole | **{statistics.median(ratios):.2f}x** | | |")
+    args = switch_arguments(__doc__, rows=4000, recipe="lora-sst2", out="runs/bench-trim-top-block.md")
+    results, ratio = switch_pairs(args.pairs, lambda on, out: run_switched(args, "model.trim_top_block", on, out))
+    assert all(r["throughput"]["trimmed_top_block"] is trim for runs in results for trim, r in runs.items())
+    rows = [
+        f"| {pair} | {'trimmed' if trim else 'whole'} | {r['samples_per_second']:.1f} | "
+        f"{r['throughput']['flops_per_token'] / 1e6:.1f} | {r['eval']['accuracy']:.4f} |"
+        for pair, runs in enumerate(results, 1)
+        for trim, r in runs.items()
+    ]
+    rows.append(f"| **median** | trimmed / whole | **{ratio:.2f}x** | | |")
     intro = (
         f"{cpu_model()}; recipes/{args.recipe}.toml, {args.rows} rows, 1 epoch, {args.precision}, "
         f"top block trimmed and whole in alternating fresh processes"

@@ -198,6 +198,60 @@ def test_perplexity_counts_only_response_tokens():
     assert result["loss"] == pytest.approx(0.6931471805599453) and result["perplexity"] == pytest.approx(2.0)
 
 
+def test_packed_logits_are_scored_like_every_position_s():
+    metrics, packed = PerplexityMetrics(), PerplexityMetrics()
+    logits = torch.randn(2, 4, 5)
+    labels = torch.tensor([[-100, -100, 1, 0], [-100, 3, -100, -100]])
+    metrics.update(SimpleNamespace(logits=logits), {"labels": labels})
+    rows = logits[:, :-1][labels[:, 1:] != -100]  # what the output layer computes for the labelled positions
+    packed.update(SimpleNamespace(logits=rows), {"labels": labels})
+    assert packed.tokens == metrics.tokens == 3 and packed.correct == metrics.correct
+    assert packed.compute()["loss"] == pytest.approx(metrics.compute()["loss"])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_logits_for_labelled_positions_only_give_the_model_s_loss_and_gradients(family, tiny_gpt2_dir, tiny_bert_dir):
+    """The output layer sees the labelled positions' rows only (prompt and padding tokens get no vocabulary row), and
+    the loss and every gradient are the model's own, computed over every position's logits."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from adapt_causal_lm import labelled_logits
+
+    def model():
+        torch.manual_seed(0)
+        if family == "gpt2":
+            return AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+        config = AutoConfig.from_pretrained(tiny_bert_dir, is_decoder=True)
+        return AutoModelForCausalLM.from_pretrained(tiny_bert_dir, config=config)  # BERT's head: transform, decoder
+
+    ids = torch.randint(5, 60, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 6 + [0]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:], labels[1, 3:5], labels[2, ::5] = (
+        ids[0, 4:],
+        ids[1, 3:5],
+        ids[2, ::5],
+    )  # 7; the first token unpredicted
+    whole, packed = model(), model()
+    labelled_logits.install(packed)
+    rows = []
+    packed.get_output_embeddings().register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    results = []
+    for m in (whole, packed):
+        out = m(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        results.append((out, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (out, grads), (packed_out, packed_grads) = results
+    assert rows == [6] and packed_out.logits.shape == (6, out.logits.shape[-1])
+    torch.testing.assert_close(packed_out.logits, out.logits[:, :-1][labels[:, 1:] != -100])
+    torch.testing.assert_close(packed_out.loss, out.loss, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == packed_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(packed_grads[name], grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    with torch.no_grad():  # without labels (generation): every position's logits
+        assert packed(input_ids=ids).logits.shape == out.logits.shape
+
+
 @pytest.mark.parametrize(
     "methods",
     [
@@ -230,6 +284,27 @@ def test_causal_lm_learns_responses_and_generates_them(tiny_recipe, tiny_gpt2_di
     predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(predictions) == 33 and predictions[0]["prompt"] == "w1 w2 good Sentiment:"
     assert {p["generated"] for p in predictions} <= {"positive", "negative"}
+
+
+def test_a_run_trains_the_same_with_logits_for_every_position(tiny_recipe, tiny_gpt2_dir, toy_sft, tmp_path):
+    """task.logits_for_labels_only (the default) against every position's logits: the same losses, step by step,
+    and the same eval metrics, up to rounding."""
+    runs = []
+    for only in (True, False):
+        recipe = tiny_recipe(
+            model={"name": str(tiny_gpt2_dir)},
+            data={"train_file": str(toy_sft["train"]), "eval_file": str(toy_sft["eval"])},
+            task={"head": "causal-lm", "logits_for_labels_only": only},
+            methods={"lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]}},
+            output={"dir": str(tmp_path / str(only))},
+        )
+        assert main(["run", str(recipe)]) == 0
+        runs.append(
+            (train_losses(tmp_path / str(only)), json.loads((tmp_path / str(only) / "summary.json").read_text()))
+        )
+    (losses, summary), (every_losses, every_summary) = runs
+    assert losses == pytest.approx(every_losses, rel=1e-4) and len(losses) > 2
+    assert summary["eval"] == pytest.approx(every_summary["eval"], rel=1e-4)
 
 
 def test_gradient_checkpointing_on_a_causal_lm(same_gradients_with_checkpointing, tiny_gpt2_dir, toy_sft):

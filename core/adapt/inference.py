@@ -36,8 +36,12 @@ def example_logits(run: Run, features: Sequence[dict[str, Any]], collate: Callab
     """Each example's logits, in example order, as float32 on the CPU; per-token logits are cut to the
     example's own tokens (no padding), so they line up with its `input_ids` and `labels`."""
 
+    def without_labels(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        # logits alone: given labels, a head may compute logits only where they are (causal-lm's response tokens)
+        return {key: value for key, value in collate(rows).items() if key != "labels"}
+
     found: dict[int, torch.Tensor] = {}
-    for indices, batch, outputs in forward_batches(run, features, collate):
+    for indices, batch, outputs in forward_batches(run, features, without_labels):
         logits = outputs.logits.float().cpu()
         mask = batch.get("attention_mask")
         for row, index in enumerate(indices):

@@ -26,6 +26,7 @@ from adapt import (
     require_columns,
     row_values,
 )
+from adapt_causal_lm import labelled_logits
 from adapt_causal_lm.encode import CausalCollator, chat_prompt_ids, encode_batch, prompt_ids, special_ids
 from adapt_causal_lm.generate import generate
 from adapt_causal_lm.metrics import PerplexityMetrics
@@ -43,6 +44,11 @@ class CausalLMTable(Table):
     the tokenizer's chat template; the last (assistant) message is learnt."""
     max_new_tokens: int = Field(default=64, ge=1)
     """`adapt predict`: greedy generation stops at the end-of-text token or after this many tokens."""
+    logits_for_labels_only: bool = True
+    """The LM head computes logits only at positions whose next token is labelled (the response's), not at every
+    prompt and padding position: the same loss and gradients, without a batch x length x vocabulary tensor of
+    logits (and its float32 copy) each step. `outputs.logits` of a call with labels is then (labelled tokens,
+    vocabulary)."""
 
     @model_validator(mode="after")
     def _one_format(self) -> CausalLMTable:
@@ -86,6 +92,8 @@ class CausalLM:
             model.config.pad_token_id = run.tokenizer.pad_token_id
         run.head_modules = fresh_modules(model, info.get("missing_keys", ()))
         run.task_type = "CAUSAL_LM"
+        if run.table(CausalLMTable).logits_for_labels_only:
+            labelled_logits.install(model)
         return model
 
     @hookimpl

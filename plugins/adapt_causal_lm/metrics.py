@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapt_causal_lm.encode import IGNORED
+from adapt_causal_lm.labelled_logits import labelled_targets
 
 if TYPE_CHECKING:
     import torch
@@ -21,12 +22,14 @@ class PerplexityMetrics:
     def update(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
         import torch
 
-        logits = outputs.logits[:, :-1].float()  # position t predicts token t + 1
-        targets = batch["labels"][:, 1:]
+        if outputs.logits.dim() == 2:  # the labelled positions' logits only (labelled_logits)
+            logits, targets = outputs.logits.float(), labelled_targets(batch["labels"])
+        else:
+            logits = outputs.logits[:, :-1].float()  # position t predicts token t + 1
+            targets = batch["labels"][:, 1:]
+        logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
         keep = targets != IGNORED
-        nll = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORED, reduction="sum"
-        )
+        nll = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORED, reduction="sum")
         self.nll_sum += float(nll)
         self.tokens += int(keep.sum())
         self.correct += int(((logits.argmax(-1) == targets) & keep).sum())
