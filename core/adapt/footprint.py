@@ -4,7 +4,7 @@ activations autograd keeps for the backward pass (found by running the forward p
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,12 +221,13 @@ def stand_in_for_quantised(model: torch.nn.Module, config: Any) -> None:
 
 def saved_activations(
     model: torch.nn.Module,
-    forward: Callable[[], torch.Tensor],
+    forward: Callable[[], Any],
     autocast_dtype: torch.dtype | None = None,
     device_kind: str = "cpu",
 ) -> Activations:
     """Run `forward` (on meta tensors) and count, by transformer block, the tensors autograd saves for the
-    backward pass; parameters and buffers are not counted (they are weights). With `autocast_dtype`, the forward
+    backward pass, and the tensors `forward` returns (the loss, the model's outputs: held until the backward pass);
+    parameters and buffers are not counted (they are weights). With `autocast_dtype`, the forward
     pass runs under `AutocastOnMeta` as it would under torch.autocast on `device_kind`."""
     owned = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
     try:
@@ -285,8 +286,21 @@ def saved_activations(
     try:
         casts = AutocastOnMeta(autocast_dtype, device_kind) if autocast_dtype is not None else nullcontext()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), casts:
-            forward()
+            returned = forward()
     finally:
         for handle in handles:
             handle.remove()
+    for tensor in _tensors_in(returned):  # held by the training loop until the backward pass: a causal LM's logits
+        result.outside_blocks += new_bytes(tensor)
     return result
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors in what a forward pass returned: a tensor, a model output (a mapping) or a tuple of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors_in(item)]
+    return []

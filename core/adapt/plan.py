@@ -9,6 +9,7 @@ the same counts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -343,14 +344,15 @@ def make_plan(
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model.train()
 
-    def forward() -> torch.Tensor:
+    def forward() -> tuple[torch.Tensor, Any]:
         inputs = {k: v for k, v in batch.items() if k != "attention_mask"}  # the mask's checks need real values
         outputs = model(**inputs)
         loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
         terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
-        return loss + sum(terms.values()) if terms else loss
+        return (loss + sum(terms.values()) if terms else loss), outputs  # the loop holds both until backward
 
-    acts = saved_activations(model, forward, autocast, device.kind)
+    with _no_padding_check():
+        acts = saved_activations(model, forward, autocast, device.kind)
     return Plan(
         model=recipe.model.name,
         device=device.label,
@@ -405,6 +407,20 @@ def _encode_where_at_hand(run, hooks, notes: list[str]) -> None:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         notes.append(f"data not at hand ({first[:160]}): every example counted at data.max_length")
         run.encoded = None
+
+
+@contextlib.contextmanager
+def _no_padding_check():
+    """Without an attention mask (its checks need real values), GPT-2 and others look for padding in the input
+    ids to warn about it, which meta tensors cannot tell: the warning is left out of the plan's forward pass."""
+    from transformers import PreTrainedModel
+
+    check = PreTrainedModel.warn_if_padding_and_no_attention_mask
+    PreTrainedModel.warn_if_padding_and_no_attention_mask = lambda self, input_ids, attention_mask: None
+    try:
+        yield
+    finally:
+        PreTrainedModel.warn_if_padding_and_no_attention_mask = check
 
 
 def _largest_batch(run, hooks, notes: list[str], rows: int):

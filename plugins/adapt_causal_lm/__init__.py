@@ -64,6 +64,8 @@ def prepare_tokenizer(tokenizer) -> None:
 
 
 class CausalLM:
+    labelled: labelled_logits.LabelledLogits | None = None  # the loaded model's hooks (task.logits_for_labels_only)
+
     @hookimpl
     def adapt_plugin_info(self) -> PluginInfo:
         return PluginInfo(kind="head", table=CausalLMTable, summary="prompt -> response (SFT); perplexity, generation")
@@ -92,8 +94,7 @@ class CausalLM:
             model.config.pad_token_id = run.tokenizer.pad_token_id
         run.head_modules = fresh_modules(model, info.get("missing_keys", ()))
         run.task_type = "CAUSAL_LM"
-        if run.table(CausalLMTable).logits_for_labels_only:
-            labelled_logits.install(model)
+        self.labelled = labelled_logits.install(model) if run.table(CausalLMTable).logits_for_labels_only else None
         return model
 
     @hookimpl
@@ -116,7 +117,8 @@ class CausalLM:
 
     @hookimpl
     def adapt_make_collator(self, run: Run) -> CausalCollator:
-        return CausalCollator(run.tokenizer.pad_token_id)
+        planning = self.labelled is not None and run.planning  # the plan's batch goes to the meta device
+        return CausalCollator(run.tokenizer.pad_token_id, self.labelled.count_labelled if planning else None)
 
     @hookimpl
     def adapt_make_metrics(self) -> PerplexityMetrics:

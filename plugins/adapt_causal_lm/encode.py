@@ -3,6 +3,7 @@ so the loss and the metrics count only the response the model must learn to writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from adapt import DataError
@@ -78,8 +79,9 @@ def encode_batch(examples: dict[str, list], *, tokenizer, prompt, response, mess
 class CausalCollator:
     """Right-pads input ids (with the pad token), the attention mask (0) and labels (-100)."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, on_labels: Callable[[Any], None] | None = None):
         self.pad_id = pad_id
+        self.on_labels = on_labels  # given each batch's labels (`adapt plan` counts the labelled positions)
 
     def __call__(self, features: list[dict[str, Any]]):
         import torch
@@ -91,4 +93,7 @@ class CausalCollator:
             batch["input_ids"].append(list(f["input_ids"]) + [self.pad_id] * gap)
             batch["attention_mask"].append(list(f["attention_mask"]) + [0] * gap)
             batch["labels"].append(list(f.get("labels", f["input_ids"])) + [IGNORED] * gap)
-        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        tensors = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        if self.on_labels is not None:
+            self.on_labels(tensors["labels"])
+        return tensors

@@ -10,6 +10,8 @@ to rounding (tested).
 
 `outputs.logits` of a call with labels is then 2-D, (labelled tokens, vocabulary), in the order of
 `labelled_targets(labels)`; a call without labels (generation, `example_logits`) gets every position's logits.
+On the meta device (`adapt plan`) labels have no values: the plan's collator tells how many positions its batch
+labels (`count_labelled`), and without data every position but the last counts.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ if TYPE_CHECKING:
 
 
 def labelled_targets(labels: torch.Tensor) -> torch.Tensor:
-    """The labelled next tokens, row after row: position t of a row predicts its token t + 1. On the meta device
-    (`adapt plan`), where the labels' values are unknown, every position but the last counts."""
+    """The labelled next tokens, row after row: position t of a row predicts its token t + 1."""
     following = labels[:, 1:]
-    return following.reshape(-1) if following.is_meta else following[following != IGNORED]
+    return following[following != IGNORED]
 
 
 class LabelledLogits:
@@ -34,7 +35,8 @@ class LabelledLogits:
     labelled positions' rows only, and the call's output gets the loss of those rows."""
 
     def __init__(self, model: torch.nn.Module, output_layer: torch.nn.Module):
-        self.positions: torch.Tensor | None = None  # (batch, length) bool, until the output layer takes it
+        self.positions: torch.Tensor | int | None = None  # for the output layer: (batch, length) bool; meta: a count
+        self.planned: int | None = None  # labelled positions of the plan's batch (`count_labelled`)
         self.pending: tuple[torch.Tensor, torch.Tensor, Any] | None = None  # labels, targets, num_items_in_batch
         self.handles = [
             model.register_forward_pre_hook(self._on_call, with_kwargs=True),
@@ -49,16 +51,20 @@ class LabelledLogits:
     def _on_call(self, module, args, kwargs):
         self.positions = self.pending = None
         labels = kwargs.get("labels")
-        if labels is None or kwargs.get("return_dict") is False:
+        returns_dict = kwargs.get("return_dict")
+        if returns_dict is None:
+            returns_dict = getattr(getattr(module, "config", None), "return_dict", True)
+        if labels is None or returns_dict is False:  # a tuple has no field to put the loss in: left as it was
             return None
         import torch
 
-        targets = labelled_targets(labels)
         if labels.is_meta:
-            self.positions = labels.new_empty(labels.shape, dtype=torch.bool)
+            rows = self.planned if self.planned is not None else labels[:, 1:].numel()
+            self.positions, targets = rows, labels.new_empty(rows)
         else:
             self.positions = torch.zeros_like(labels, dtype=torch.bool)
             self.positions[:, :-1] = labels[:, 1:] != IGNORED
+            targets = labelled_targets(labels)
         self.pending = (labels, targets, kwargs.get("num_items_in_batch"))
         return args, {**kwargs, "labels": None}
 
@@ -67,11 +73,15 @@ class LabelledLogits:
         if positions is None:
             return None
         hidden = args[0]
-        if hidden.is_meta:  # see labelled_targets: every position but the last
-            rows = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        if isinstance(positions, int):  # meta: as many rows, whichever they are
+            rows = hidden[:, :-1].reshape(-1, hidden.shape[-1])[:positions]
         else:
             rows = hidden[positions.to(hidden.device)]
         return (rows, *args[1:])
+
+    def count_labelled(self, labels: torch.Tensor) -> None:
+        """Given the plan's batch as the collator made it (with values), before it goes to the meta device."""
+        self.planned = int((labels[:, 1:] != IGNORED).sum())
 
     def _after_call(self, module, args, output):
         pending, self.pending = self.pending, None
