@@ -351,7 +351,7 @@ def make_plan(
         terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
         return (loss + sum(terms.values()) if terms else loss), outputs  # the loop holds both until backward
 
-    with _no_padding_check():
+    with _no_value_checks():
         acts = saved_activations(model, forward, autocast, device.kind)
     return Plan(
         model=recipe.model.name,
@@ -410,17 +410,20 @@ def _encode_where_at_hand(run, hooks, notes: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _no_padding_check():
-    """Without an attention mask (its checks need real values), GPT-2 and others look for padding in the input
-    ids to warn about it, which meta tensors cannot tell: the warning is left out of the plan's forward pass."""
-    from transformers import PreTrainedModel
+def _no_value_checks():
+    """Without an attention mask (its checks need real values), transformers looks at token values that meta
+    tensors do not have: GPT-2 and others for padding in the input ids, to warn about it; the mask builder for
+    sequences packed into one row, in the position ids, when no KV cache is built (a causal LM in training). A
+    plan's batch is padded, not packed, and needs no warning: both checks are left out of its forward pass."""
+    from transformers import PreTrainedModel, masking_utils
 
-    check = PreTrainedModel.warn_if_padding_and_no_attention_mask
+    saved = (PreTrainedModel.warn_if_padding_and_no_attention_mask, masking_utils.find_packed_sequence_indices)
     PreTrainedModel.warn_if_padding_and_no_attention_mask = lambda self, input_ids, attention_mask: None
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
     try:
         yield
     finally:
-        PreTrainedModel.warn_if_padding_and_no_attention_mask = check
+        PreTrainedModel.warn_if_padding_and_no_attention_mask, masking_utils.find_packed_sequence_indices = saved
 
 
 def _largest_batch(run, hooks, notes: list[str], rows: int):

@@ -63,6 +63,14 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
 
 
+def no_cache_with_labels(module, args, kwargs):
+    """A call with labels (training, evaluation) builds no KV cache: it would hold every layer's keys and values
+    until the backward pass, for nothing. Generation, which passes no labels, keeps its cache."""
+    if kwargs.get("labels") is None:
+        return None
+    return args, {**kwargs, "use_cache": False}
+
+
 class CausalLM:
     labelled: labelled_logits.LabelledLogits | None = None  # the loaded model's hooks (task.logits_for_labels_only)
 
@@ -94,6 +102,7 @@ class CausalLM:
             model.config.pad_token_id = run.tokenizer.pad_token_id
         run.head_modules = fresh_modules(model, info.get("missing_keys", ()))
         run.task_type = "CAUSAL_LM"
+        model.register_forward_pre_hook(no_cache_with_labels, with_kwargs=True)  # before labelled_logits' hook
         self.labelled = labelled_logits.install(model) if run.table(CausalLMTable).logits_for_labels_only else None
         return model
 
