@@ -117,21 +117,20 @@ class FirstTokenForward:
             attention_mask = attention_mask[:, :, :1]  # the first query's row of a per-query mask
         if _absorbable(attention, attention_mask):
             context = _absorbed_attention(attention, query, hidden_states, attention_mask)
-            attended = block.attention.output(context, first)
-            return block.feed_forward_chunk(attended)
-        key = attention.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)
-        value = attention.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
-        function = self.functions.get_interface(implementation, self.eager_attention)
-        context, _ = function(
-            attention,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=attention.dropout.p if attention.training else 0.0,
-            scaling=attention.scaling,
-            **kwargs,
-        )
+        else:
+            key = attention.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)
+            value = attention.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
+            function = self.functions.get_interface(implementation, self.eager_attention)
+            context, _ = function(
+                attention,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=attention.dropout.p if attention.training else 0.0,
+                scaling=attention.scaling,
+                **kwargs,
+            )
         attended = block.attention.output(context.reshape(batch, 1, -1), first)
         return block.feed_forward_chunk(attended)
 

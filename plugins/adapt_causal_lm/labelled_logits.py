@@ -38,15 +38,9 @@ class LabelledLogits:
         self.positions: torch.Tensor | int | None = None  # for the output layer: (batch, length) bool; meta: a count
         self.planned: int | None = None  # labelled positions of the plan's batch (`count_labelled`)
         self.pending: tuple[torch.Tensor, torch.Tensor, Any] | None = None  # labels, targets, num_items_in_batch
-        self.handles = [
-            model.register_forward_pre_hook(self._on_call, with_kwargs=True),
-            model.register_forward_hook(self._after_call),
-            output_layer.register_forward_pre_hook(self._on_output_layer),
-        ]
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        model.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        model.register_forward_hook(self._after_call)
+        output_layer.register_forward_pre_hook(self._on_output_layer)
 
     def _on_call(self, module, args, kwargs):
         self.positions = self.pending = None
@@ -62,9 +56,11 @@ class LabelledLogits:
             rows = self.planned if self.planned is not None else labels[:, 1:].numel()
             self.positions, targets = rows, labels.new_empty(rows)
         else:
+            following = labels[:, 1:]
+            labelled = following != IGNORED
             self.positions = torch.zeros_like(labels, dtype=torch.bool)
-            self.positions[:, :-1] = labels[:, 1:] != IGNORED
-            targets = labelled_targets(labels)
+            self.positions[:, :-1] = labelled
+            targets = following[labelled]  # labelled_targets(labels), the mask made once
         self.pending = (labels, targets, kwargs.get("num_items_in_batch"))
         return args, {**kwargs, "labels": None}
 
@@ -81,7 +77,7 @@ class LabelledLogits:
 
     def count_labelled(self, labels: torch.Tensor) -> None:
         """Given the plan's batch as the collator made it (with values), before it goes to the meta device."""
-        self.planned = int((labels[:, 1:] != IGNORED).sum())
+        self.planned = labelled_targets(labels).numel()
 
     def _after_call(self, module, args, output):
         pending, self.pending = self.pending, None
