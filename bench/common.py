@@ -15,15 +15,40 @@ from typing import Any
 TRAINING_ONLY = {"train.eval_every": 10**9, "plugins.disable": '["progress", "plots", "forgetting"]'}
 
 
+# `adapt` from another source tree (a git worktree of an earlier revision), ahead of the installed one: its core and
+# plugins come first on sys.path; the CLI's module moved in 0.1.0 (adapt.cli, then adapt.commands.cli).
+_FROM_SOURCE = """
+import importlib, sys
+source = sys.argv.pop(1)
+sys.path[:0] = [source + "/core", source + "/plugins"]
+for name in ("adapt.commands.cli", "adapt.cli"):
+    try:
+        cli = importlib.import_module(name)
+        break
+    except ModuleNotFoundError:
+        continue
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def adapt_command(source: Path | None = None) -> list[str]:
+    """The command that runs `adapt`: the installed one, or the one in the source tree `source`."""
+    return [sys.executable, "-m", "adapt"] if source is None else [sys.executable, "-c", _FROM_SOURCE, str(source)]
+
+
 def run_recipe(
-    recipe: str | Path, out: Path, overrides: dict[str, Any] | None = None, extra: list[str] | None = None
+    recipe: str | Path,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    extra: list[str] | None = None,
+    source: Path | None = None,
 ) -> dict[str, Any]:
     """The run's summary, plus `process_seconds`: the wall time of the whole command, start-up included.
-    `extra`: further command-line arguments (`--resume`)."""
+    `extra`: further command-line arguments (`--resume`); `source`: run the adapt of that source tree."""
     settings = {"output.dir": out, "output.overwrite": "true", "plugins.disable": '["progress"]', **(overrides or {})}
     args = [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "adapt.cli", "run", str(recipe), *args, *(extra or [])], check=True)
+    subprocess.run([*adapt_command(source), "run", str(recipe), *args, *(extra or [])], check=True)
     summary = json.loads((Path(out) / "summary.json").read_text())
     summary["process_seconds"] = time.perf_counter() - start
     return summary

@@ -43,7 +43,7 @@ def main(variant: str) -> None:
     lengths = [rng.randint(15, 60) for _ in range(80)]
     context = contextlib.nullcontext()
     if "fastdrop" in variant:
-        from adapt.cpu_speed import fast_dropout
+        from adapt.speed.cpu import fast_dropout
 
         context = fast_dropout()
     model.train()

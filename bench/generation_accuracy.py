@@ -11,11 +11,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from adapt.cli import _quiet_libraries
-from adapt.data import load_file, preprocess
-from adapt.manager import Catalogue
-from adapt.prediction import predict_run
-from adapt.recipe import load_recipe
+from adapt.commands.console import quiet_libraries
+from adapt.commands.predict import predict_run
+from adapt.loading.files import load_file, preprocess
+from adapt.plugin.manager import Catalogue
+from adapt.recipe.loader import load_recipe
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("file")
     args = parser.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     catalogue = Catalogue.discover()
     recipe = load_recipe(args.run_dir / "recipe.toml", catalogue.infos, ["output.overwrite=true"], check_data=False)
     column = recipe.table(recipe.head).response_column

@@ -1,6 +1,6 @@
 """adapt against HF Trainer + PEFT, configured as well as it can be, side by side in one invocation.
 
-    HF_HUB_OFFLINE=1 python bench/peers.py [--pairs 3] [--rows 8000] [--precision fp32 [bf16]] [--out FILE.md]
+    HF_HUB_OFFLINE=1 python bench/peers.py [--pairs 3] [--rows 8000] [--precision fp32 [bf16]] [--against REV]
 
 Both train the default recipe's config (recipes/lora-sst2.toml: MiniLM-L6, LoRA r=8 alpha 16 dropout 0 on
 query/key/value/dense, lr 1e-3, weight decay 0.01, 6% linear warm-up, batch 32, max_length 128, seed 42) on
@@ -10,12 +10,14 @@ precision, the same AdamW implementation (`adamw_torch_fused`, as adapt uses on 
 or saving during training. Runs alternate A/B/A/B, each in a fresh process, so drift in the machine's speed
 falls on both. Train samples/s are each tool's own figure over its training loop (model loading and the final
 evaluation excluded). Useful FLOP/s counts matmul work on real (unpadded) tokens, as a share of the matmul
-peak this script measures first at the same precision.
+peak this script measures first at the same precision. `--against REV` adds adapt at git revision REV (checked
+out in a temporary worktree) to each pair, so a change is measured against what it changed, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import TRAINING_ONLY, cpu_model, publish, run_recipe
@@ -31,7 +34,7 @@ RECIPE = Path("recipes/lora-sst2.toml")
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def run_adapt(rows: int, precision: str, out: Path) -> dict:
+def run_adapt(rows: int, precision: str, out: Path, source: Path | None = None) -> dict:
     summary = run_recipe(
         RECIPE,
         out,
@@ -40,6 +43,7 @@ def run_adapt(rows: int, precision: str, out: Path) -> dict:
             "train.precision": precision,
             **TRAINING_ONLY,
         },
+        source=source,
     )
     return {
         "samples_per_second": summary["train_samples_per_second"],
@@ -141,6 +145,21 @@ def peer_worker(rows: int, precision: str, result: Path) -> None:
     )
 
 
+@contextlib.contextmanager
+def worktree(revision: str | None) -> Iterator[Path | None]:
+    """A temporary git worktree of `revision` (None: no worktree), removed afterwards."""
+    if revision is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "adapt"
+        subprocess.run(["git", "worktree", "add", "--detach", str(folder), revision], check=True)
+        try:
+            yield folder
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(folder)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3)
@@ -148,6 +167,7 @@ def main() -> None:
     parser.add_argument(
         "--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="several: interleaved per pair"
     )
+    parser.add_argument("--against", metavar="REV", help="also run adapt at this git revision, in each pair")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-peers.md"))
     parser.add_argument("--peer-worker", nargs=3, metavar=("ROWS", "PRECISION", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,15 +176,20 @@ def main() -> None:
         peer_worker(int(rows), precision, Path(result))
         return
     pairs: dict[str, list[tuple[dict, dict]]] = {p: [] for p in args.precision}
-    with tempfile.TemporaryDirectory() as tmp:
+    earlier: dict[str, list[dict]] = {p: [] for p in args.precision}  # adapt at --against REV
+    with tempfile.TemporaryDirectory() as tmp, worktree(args.against) as source:
         for i in range(args.pairs):
             for precision in args.precision:
                 started = time.perf_counter()
                 a = run_adapt(args.rows, precision, Path(tmp) / f"adapt-{precision}-{i}")
+                if source is not None:
+                    old = run_adapt(args.rows, precision, Path(tmp) / f"rev-{precision}-{i}", source)
+                    earlier[precision].append(old)
                 b = run_peer(args.rows, precision, Path(tmp) / f"peer-{precision}-{i}")
                 pairs[precision].append((a, b))
+                was = f", adapt at {args.against} {earlier[precision][-1]['samples_per_second']:.1f}" if source else ""
                 print(
-                    f"{precision} pair {i + 1}: adapt {a['samples_per_second']:.1f}, peer "
+                    f"{precision} pair {i + 1}: adapt {a['samples_per_second']:.1f}{was}, peer "
                     f"{b['samples_per_second']:.1f} samples/s ({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
@@ -180,6 +205,16 @@ def main() -> None:
             )
         ratio = statistics.median(a["samples_per_second"] / b["samples_per_second"] for a, b in runs)
         rows.append(f"| {precision} | **median** | | | **{ratio:.2f}×** | | | | | |")
+        for i, ((a, _), old) in enumerate(zip(runs, earlier[precision], strict=bool(earlier[precision])), 1):
+            rows.append(
+                f"| {precision} | {i}: adapt at {args.against} | {old['samples_per_second']:.1f} | | "
+                f"{a['samples_per_second'] / old['samples_per_second']:.2f}× this over it | {old['accuracy']:.4f} | "
+                f"| {old['peak_mib']:,.0f} | | |"
+            )
+        if earlier[precision]:
+            pairs_then = zip(runs, earlier[precision], strict=True)
+            change = statistics.median(a["samples_per_second"] / o["samples_per_second"] for (a, _), o in pairs_then)
+            rows.append(f"| {precision} | **median**, this over {args.against} | | | **{change:.2f}×** | | | | | |")
     if {"fp32", "bf16"} <= pairs.keys():
         speedup = statistics.median(
             bf[0]["samples_per_second"] / fp[0]["samples_per_second"]
@@ -188,7 +223,8 @@ def main() -> None:
         rows.append(f"| bf16 / fp32 (adapt, median of the pairs) | | | | **{speedup:.2f}×** | | | | | |")
     publish(
         f"{cpu_model()}; {args.rows:,} SST-2 rows, one epoch, batch 32; MiniLM-L6 + LoRA r=8. "
-        f"`python bench/peers.py --pairs {args.pairs} --rows {args.rows} --precision {' '.join(args.precision)}`",
+        f"`python bench/peers.py --pairs {args.pairs} --rows {args.rows} --precision {' '.join(args.precision)}"
+        + (f" --against {args.against}`" if args.against else "`"),
         [
             "precision",
             "pair",

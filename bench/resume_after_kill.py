@@ -29,7 +29,7 @@ def kill_after_checkpoint(recipe: Path, out: Path, overrides: dict, step: int) -
     """Start the run, SIGKILL it as soon as checkpoint `step` is complete; the return code and that
     checkpoint's files with their sizes."""
     args = [a for key, value in {**overrides, "output.dir": out}.items() for a in ("--set", f"{key}={value}")]
-    process = subprocess.Popen([sys.executable, "-m", "adapt.cli", "run", str(recipe), *args])
+    process = subprocess.Popen([sys.executable, "-m", "adapt", "run", str(recipe), *args])
     checkpoint = out / "checkpoints" / f"step-{step}"
     while not (checkpoint / "checkpoint.json").is_file():
         if process.poll() is not None:

@@ -44,8 +44,8 @@ def flop_bound(model_name: str, train_last: int, trim: bool, length: int = 32) -
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoModelForSequenceClassification
 
-    from adapt.modeling import find_blocks
-    from adapt.trim import trim_top_block
+    from adapt.model.modeling import find_blocks
+    from adapt.speed.trim import trim_top_block
 
     model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=2)
     if trim:

@@ -71,7 +71,7 @@ def run_adapt(*args: str, env: dict | None = None, launcher: tuple[str, ...] = (
     """`adapt ARGS` in a fresh interpreter (HF_HUB_OFFLINE and PYTHONPATH count only at start-up), optionally
     under a launcher such as torchrun; built-in plugins only unless `env` says otherwise."""
     environ = {**os.environ, "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
-    command = [*launcher, "-m", "adapt.cli", *args] if launcher else [sys.executable, "-m", "adapt.cli", *args]
+    command = [*launcher, "-m", "adapt", *args] if launcher else [sys.executable, "-m", "adapt", *args]
     return subprocess.run(command, capture_output=True, text=True, env=environ, timeout=600)
 
 
@@ -119,9 +119,9 @@ def train_tiny(tiny_recipe, run_recipe, monkeypatch):
 @pytest.fixture
 def restore_tiny(tiny_recipe):
     """A fresh run of the same recipe with its model restored from the run directory's artifacts."""
-    from adapt.build import restore_model, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.model.build import restore_model, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     def restore(run_dir: Path, **changes):
         catalogue = Catalogue.discover()
@@ -150,9 +150,9 @@ def same_gradients_with_checkpointing(tiny_recipe, monkeypatch):
     checkpointing as without, for a recipe of the tiny model with `changes`, and that blocks are checkpointed."""
     import torch
 
-    from adapt.build import build_model, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.model.build import build_model, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from adapt.cli import main
+from adapt.commands.cli import main
 from adapt.errors import RecipeError
-from adapt.manager import Catalogue
-from adapt.recipe import load_recipe
+from adapt.plugin.manager import Catalogue
+from adapt.recipe.loader import load_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +55,14 @@ def test_json_files_stay_valid_when_a_value_is_not_finite(tmp_path):
 
 
 def test_a_closed_pipe_is_not_a_traceback():
-    command = f"{sys.executable} -m adapt.cli plugins --json | head -1"
+    command = f"{sys.executable} -m adapt plugins --json | head -1"
     result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "{" and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
 def test_train_error_hook_hears_of_failures_after_training(tiny_recipe):
     from adapt.errors import PluginError
-    from adapt.trainer import run_recipe
+    from adapt.train.orchestration import run_recipe
 
     class Failing:
         errors: list[BaseException] = []
@@ -143,7 +143,7 @@ def test_max_length_beyond_the_models_positions_is_refused_before_loading(tiny_r
 
 def test_a_loss_term_that_is_not_a_scalar_tensor_names_the_plugin(tiny_recipe, tmp_path):
     from adapt.errors import PluginError
-    from adapt.trainer import run_recipe
+    from adapt.train.orchestration import run_recipe
 
     class Regulariser:
         def __init__(self, value):

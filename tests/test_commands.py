@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from adapt.cli import main
+from adapt.commands.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -103,11 +103,11 @@ def test_unmerged_lora_export_loads_with_peft(tiny_recipe, tmp_path):
 
 
 def test_export_refuses_a_merge_beyond_tolerance_and_writes_nothing(tiny_recipe, tmp_path, capsys, monkeypatch):
-    import adapt.export
+    import adapt.commands.export
 
     assert main(["run", str(tiny_recipe())]) == 0
-    real = adapt.export.compare
-    monkeypatch.setattr(adapt.export, "compare", lambda a, b: {**real(a, b), "max_abs_logit_diff": 0.5})
+    real = adapt.commands.export.compare
+    monkeypatch.setattr(adapt.commands.export, "compare", lambda a, b: {**real(a, b), "max_abs_logit_diff": 0.5})
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "export"), "--merge"]) == 1
     assert "differ from the run's by up to 0.5" in capsys.readouterr().err
     assert not (tmp_path / "export").exists()

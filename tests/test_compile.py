@@ -59,7 +59,7 @@ def test_the_prefix_cache_serves_compiled_top_layers(train_tiny):
 
 
 def test_inductor_without_a_cxx_compiler_is_named(monkeypatch):
-    import adapt.compiling as compiling
+    import adapt.speed.compiling as compiling
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
@@ -74,7 +74,7 @@ def test_compiled_code_on_a_cpu_calls_torchs_random_ops():
 
     import torch._inductor.config as inductor
 
-    from adapt.compiling import compiled_dropout
+    from adapt.speed.compiling import compiled_dropout
 
     def run(backend: str, device: str):
         return SimpleNamespace(compiled={"backend": backend}, accelerator=SimpleNamespace(device=torch.device(device)))

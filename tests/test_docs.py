@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapt import Head, PluginInfo, Run, Table, hookspecs
-from adapt.hookdoc import hook_names, render
+from adapt.plugin.hookdoc import hook_names, render
 
 DOCS = Path(__file__).parent.parent / "docs"
 GUIDE = DOCS / "plugins.md"
@@ -21,7 +21,7 @@ GUIDE = DOCS / "plugins.md"
 
 def test_hook_reference_is_generated_from_hookspecs():
     assert (DOCS / "hooks.md").read_text() == render(), (
-        "docs/hooks.md is stale: python -m adapt.hookdoc > docs/hooks.md"
+        "docs/hooks.md is stale: python -m adapt.plugin.hookdoc > docs/hooks.md"
     )
 
 
@@ -115,8 +115,8 @@ class StopAtStep:
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory, tiny_bert_dir, toy_data):
     """Each command run in this process with the spy as a method beside LoRA: {command: hooks in first-call order}."""
-    from adapt import manager
-    from adapt.cli import main
+    from adapt.commands.cli import main
+    from adapt.plugin import manager
     from adapt.testing import tiny_recipe_dict, write_recipe
 
     folder = tmp_path_factory.mktemp("lifecycle")
@@ -176,3 +176,26 @@ def test_the_guides_testing_example_runs(run_recipe, tiny_recipe, monkeypatch):
     tests = [value for name, value in namespace.items() if name.startswith("test_")]
     assert len(tests) == 1
     tests[0](run_recipe, tiny_recipe)
+
+
+def test_recipe_key_reference_is_generated_from_the_recipe_tables():
+    from adapt.plugin.recipedoc import render as render_keys
+
+    assert (DOCS / "recipe-keys.md").read_text() == render_keys(), (
+        "docs/recipe-keys.md is stale: python -m adapt.plugin.recipedoc > docs/recipe-keys.md"
+    )
+
+
+def test_every_docs_page_is_in_the_site_navigation():
+    import yaml
+
+    config = yaml.safe_load((DOCS.parent / "mkdocs.yml").read_text())
+
+    def pages(nav) -> set[str]:
+        found = set()
+        for item in nav:
+            for value in item.values() if isinstance(item, dict) else [item]:
+                found |= pages(value) if isinstance(value, list) else {value}
+        return found
+
+    assert pages(config["nav"]) == {p.name for p in DOCS.glob("*.md")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapt.cli import main
+from adapt.commands.cli import main
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 KINDS = ["method", "head", "infrastructure"]

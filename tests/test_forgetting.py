@@ -70,12 +70,13 @@ def test_distill_under_lora_switches_the_adapter_off_instead_of_copying(train_ti
 
 def test_regularisers_name_what_they_need(tiny_recipe, monkeypatch):
     from adapt.errors import RecipeError
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     catalogue = Catalogue.discover()
-    with pytest.raises(RecipeError, match="'l2sp' needs one of full, gradual-unfreezing"):
+    needs = r"'l2sp' needs one of full, gradual-unfreezing, top-layers beside it \(\[methods.full\]\): a method that"
+    with pytest.raises(RecipeError, match=needs + " trains pretrained weights"):
         load_recipe(tiny_recipe(methods={"lora": {}, "l2sp": {}}), catalogue.infos)
     with pytest.raises(RecipeError, match="'distill' needs one of"):
         load_recipe(tiny_recipe(methods={"head-only": {}, "distill": {}}), catalogue.infos)
@@ -91,10 +92,10 @@ class Interrupt:
 
 
 def test_a_resumed_run_measures_against_the_model_it_started_from(tiny_recipe, tmp_path, monkeypatch):
-    from adapt.interrupts import Interrupted
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.run.interrupts import Interrupted
+    from adapt.train.orchestration import run_recipe
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     catalogue = Catalogue.discover()

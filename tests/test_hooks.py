@@ -7,10 +7,10 @@ import json
 import pytest
 
 from adapt import PluginError, PluginInfo, hookimpl
-from adapt.cli import main
-from adapt.manager import HOOK_NAMES, Catalogue
-from adapt.recipe import load_recipe
-from adapt.trainer import run_recipe
+from adapt.commands.cli import main
+from adapt.plugin.manager import HOOK_NAMES, Catalogue
+from adapt.recipe.loader import load_recipe
+from adapt.train.orchestration import run_recipe
 
 
 class Recorder:

@@ -31,9 +31,9 @@ def test_gradient_checkpointing_with_token_classification(same_gradients_with_ch
 def test_the_measured_peak_counts_what_training_adds_above_the_baseline(tiny_recipe, monkeypatch):
     import torch
 
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.train.orchestration import run_recipe
 
     class Ballast:
         """256 MiB held (and touched) from the first step to the end of training."""
@@ -56,9 +56,9 @@ def test_out_of_memory_is_one_message_with_what_would_fit(tiny_recipe, monkeypat
     import torch
 
     from adapt.errors import AdaptError
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.train.orchestration import run_recipe
 
     class Exhausted:
         def adapt_loss_terms(self, run):
@@ -88,10 +88,11 @@ def test_out_of_memory_over_the_plan_gives_the_plans_advice(tiny_recipe, monkeyp
 
     import torch
 
-    from adapt.manager import Catalogue
-    from adapt.plan import make_plan, parse_device
-    from adapt.recipe import load_recipe
-    from adapt.trainer import out_of_memory_advice
+    from adapt.plan.device import parse_device
+    from adapt.plan.planner import make_plan
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.train.memory_advice import out_of_memory_advice
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     catalogue = Catalogue.discover()
@@ -108,10 +109,10 @@ def test_out_of_memory_over_the_plan_gives_the_plans_advice(tiny_recipe, monkeyp
 def test_counting_the_first_steps_flops_keeps_checkpointing_s_saving(tiny_recipe, monkeypatch, live_tensors):
     """The run counts the FLOPs of its first (and longest) micro-batch; under the count, a checkpointed step keeps
     no more alive than without it (FlopCounterMode's module hooks held every recomputed block at once)."""
-    from adapt.build import build_model, encode, longest_rows, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.throughput import StepFlops
+    from adapt.model.build import build_model, encode, longest_rows, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.run.throughput import StepFlops
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     catalogue = Catalogue.discover()

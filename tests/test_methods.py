@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adapt.errors import RecipeError
-from adapt.manager import Catalogue
-from adapt.recipe import load_recipe
+from adapt.plugin.manager import Catalogue
+from adapt.recipe.loader import load_recipe
 
 
 def split_by_change(model, before):
@@ -132,8 +132,8 @@ class Snapshots:
 def test_gradual_unfreezing_unfreezes_one_group_at_a_time_from_the_top(
     tiny_recipe, restore_tiny, sample_batch, tmp_path
 ):
-    from adapt.build import build_model, start_run
-    from adapt.trainer import TrainingLoop
+    from adapt.model.build import build_model, start_run
+    from adapt.train.loop import TrainingLoop
 
     snapshots = Snapshots()
     catalogue = Catalogue.discover(extra={"snapshots": snapshots})
@@ -279,7 +279,11 @@ def test_quantised_base_with_lora_trains_on_cpu(train_tiny, restore_tiny, sample
 @pytest.mark.parametrize(
     "methods, reason",
     [
-        (["int8"], "'int8' needs one of lora, adapters, head-only beside it"),
+        (
+            ["int8"],
+            "'int8' needs one of adapters, head-only, lora beside it ([methods.adapters]): a method that trains while "
+            "every pretrained weight stays frozen",
+        ),
         (["full", "int8"], "'full' cannot be combined with 'int8': 8-bit weights cannot be trained"),
         (["head-only", "gradual-unfreezing"], "'head-only' cannot be combined with 'gradual-unfreezing'"),
     ],

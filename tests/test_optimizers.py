@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapt.errors import RecipeError
-from adapt.recipe import load_recipe
+from adapt.recipe.loader import load_recipe
 
 FULL = {"full": {}}
 LEARNING_RATES = {"adamw": 3e-3, "adamw-8bit": 3e-3, "paged-adamw-8bit": 3e-3, "adafactor": 3e-2, "sgd": 5e-2}
@@ -73,7 +73,7 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(train_tiny):
 
 
 def test_optimizer_options_are_validated_per_optimizer(tiny_recipe):
-    from adapt.manager import Catalogue
+    from adapt.plugin.manager import Catalogue
 
     catalogue = Catalogue.discover()
     with pytest.raises(RecipeError) as info:
@@ -93,8 +93,8 @@ def test_paged_8bit_adamw_without_cuda_says_it_runs_unpaged(train_tiny):
 
 
 def test_a_plugin_brings_its_own_optimizer(tiny_recipe, monkeypatch):
-    from adapt.manager import Catalogue
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.train.orchestration import run_recipe
 
     class Plain:
         def adapt_make_optimizer(self, run, param_groups):

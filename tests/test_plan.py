@@ -29,7 +29,7 @@ def _state_bytes(optimizer) -> int:
     [("adamw", {}), ("adamw-8bit", {"min_8bit_size": 1}), ("adamw-8bit", {}), ("adafactor", {}), ("sgd", {})],
 )
 def test_planned_optimizer_state_is_what_the_optimizer_keeps(optimizer, options, train_tiny):
-    from adapt.optimizers import state_bytes
+    from adapt.plan.optimizer_state import state_bytes
 
     train = {"optimizer": optimizer, "optimizer_options": options, "epochs": 1}
     run, _, _ = train_tiny(methods=FULL, train=train)
@@ -41,7 +41,7 @@ def test_activations_counted_on_meta_are_those_saved_on_a_real_model(tiny_bert_d
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from adapt.footprint import saved_activations
+    from adapt.plan.footprint import saved_activations
 
     def build(device: str):
         config = AutoConfig.from_pretrained(tiny_bert_dir, num_labels=2)
@@ -77,9 +77,9 @@ def test_planned_activations_are_what_the_real_forward_pass_keeps(methods, preci
     hooks), so the meta model's stand-ins keep it too."""
     if "int8" in methods:
         pytest.importorskip("bitsandbytes")
-    from adapt.build import build_model, encode, longest_rows, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.model.build import build_model, encode, longest_rows, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     recipe_path = tiny_recipe(methods=methods, train={"batch_size": 16, "precision": precision})
     plan = _plan(recipe_path, "cpu")
@@ -108,9 +108,9 @@ def test_a_causal_lm_s_plan_counts_the_logits_it_computes(tiny_recipe, tiny_gpt2
     task.logits_for_labels_only only the labelled positions' (their number comes from the plan's collator, since
     labels on the meta device have no values): what it counts is what a real forward pass keeps, which builds no
     KV cache when given labels."""
-    from adapt.build import build_model, encode, longest_rows, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.model.build import build_model, encode, longest_rows, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     planned, kept = {}, {}
     for only in (True, False):
@@ -144,8 +144,8 @@ def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_pat
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
 
-    from adapt.footprint import weight_bytes
-    from adapt.meta_models import build_on_meta
+    from adapt.plan.footprint import weight_bytes
+    from adapt.plan.meta_models import build_on_meta
 
     if bits == 8:
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["classifier"])
@@ -176,9 +176,10 @@ def test_planned_weights_are_what_bitsandbytes_stores(bits, tiny_recipe, tmp_pat
 
 
 def _plan(recipe_path: Path, device: str, config: str | None = None, overrides=()):
-    from adapt.manager import Catalogue
-    from adapt.plan import make_plan, parse_device
-    from adapt.recipe import load_recipe
+    from adapt.plan.device import parse_device
+    from adapt.plan.planner import make_plan
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     catalogue = Catalogue.discover()
     recipe = load_recipe(recipe_path, catalogue.infos, overrides)
@@ -272,8 +273,7 @@ def test_the_shipped_qlora_recipe_plans_offline_and_fits_a_24gib_gpu():
     [({"avx2", "amx_bf16", "amx_tile"}, "bf16"), ({"avx2", "avx512f", "avx512_bf16"}, "bf16"), ({"avx2"}, "fp32")],
 )
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(flags, expected, monkeypatch):
-    from adapt import precision
-
+    from adapt.train import precision
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     chosen, why = precision.resolve_precision("auto", "cpu")
     assert chosen == expected and why.startswith("auto: this CPU")
@@ -281,7 +281,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(flags, expected, 
 
 
 def test_a_run_records_the_precision_it_chose_and_why(train_tiny):
-    from adapt.precision import NATIVE_BF16_FLAGS, cpu_flags
+    from adapt.train.precision import NATIVE_BF16_FLAGS, cpu_flags
 
     _, _, summary = train_tiny(train={"precision": "auto", "epochs": 1})
     native = any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
@@ -291,8 +291,8 @@ def test_a_run_records_the_precision_it_chose_and_why(train_tiny):
 
 def test_effective_batch_size_sets_the_accumulation(tiny_recipe):
     from adapt.errors import RecipeError
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     catalogue = Catalogue.discover()
     recipe = load_recipe(tiny_recipe(train={"batch_size": 16, "effective_batch_size": 40}), catalogue.infos)
@@ -304,7 +304,7 @@ def test_effective_batch_size_sets_the_accumulation(tiny_recipe):
 def test_auto_batch_size_on_a_cpu_comes_from_the_plan_and_keeps_the_effective_batch(train_tiny, monkeypatch, tmp_path):
     import tomllib
 
-    from adapt.plan import Plan
+    from adapt.plan.planner import Plan
 
     monkeypatch.setattr(Plan, "largest_batch", lambda self, *a, **k: 20)  # as if memory held 20 rows
     run, _, summary = train_tiny(train={"batch_size": "auto", "effective_batch_size": 48, "epochs": 1})
@@ -316,10 +316,10 @@ def test_auto_batch_size_on_a_cpu_comes_from_the_plan_and_keeps_the_effective_ba
 
 def test_auto_batch_size_on_cuda_backs_off_on_out_of_memory(tiny_recipe):
     """The trial step of `largest_that_runs`, with an out-of-memory error for more than 10 rows."""
-    from adapt.autobatch import largest_that_runs
-    from adapt.build import build_model, encode, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.model.build import build_model, encode, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.train.autobatch import largest_that_runs
 
     catalogue = Catalogue.discover()
     recipe = load_recipe(tiny_recipe(), catalogue.infos)
@@ -354,9 +354,9 @@ def test_auto_batch_size_on_cuda_backs_off_on_out_of_memory(tiny_recipe):
 )
 def test_the_plans_meta_model_has_the_real_models_parameters(methods, tiny_recipe):
     """Every method applies to the meta-device model as to the loaded one: the same trainable and total counts."""
-    from adapt.build import build_model, start_run
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.model.build import build_model, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     # the top block whole: of 2 blocks, a trimmed top block keeps little more than its input, so checkpointing
     # would keep more than it saves and the comparison below would not hold

@@ -35,10 +35,10 @@ class Interrupt:
 
 
 def test_curves_of_a_resumed_run_start_at_the_first_step(tiny_recipe, monkeypatch):
-    from adapt.interrupts import Interrupted
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.run.interrupts import Interrupted
+    from adapt.train.orchestration import run_recipe
     from adapt_plots import Plots
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")

@@ -156,8 +156,8 @@ def test_a_plugin_asks_for_its_table_by_class_and_gets_it_typed(run_recipe, tiny
 
 
 def test_every_option_of_every_built_in_plugin_is_described():
-    from adapt.manager import Catalogue
-    from adapt.options import table_options
+    from adapt.plugin.manager import Catalogue
+    from adapt.plugin.options import table_options
 
     catalogue = Catalogue.discover()
     undescribed = [
@@ -172,11 +172,12 @@ def test_every_option_of_every_built_in_plugin_is_described():
 def test_plugins_name_prints_the_plugins_options(capsys):
     import json
 
-    from adapt.cli import main
+    from adapt.commands.cli import main
 
     assert main(["plugins", "lora", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["table"] == "[methods.lora]" and shown["after"] == ["int8"]
+    assert shown["table"] == "[methods.lora]" and shown["runs_after"] == ["quantises-base"]
+    assert shown["provides"] == ["adds-modules", "keeps-base-frozen"] and shown["after"] == []
     rank = {o["key"]: o for o in shown["options"]}["r"]
     assert rank == {"key": "r", "type": "int", "default": "8", "bounds": "≥ 1", "description": rank["description"]}
     targets = {o["key"]: o for o in shown["options"]}["target_modules"]
@@ -184,6 +185,9 @@ def test_plugins_name_prints_the_plugins_options(capsys):
     assert main(["plugins", "sequence-classification"]) == 0
     out = capsys.readouterr().out
     assert '[task] with head = "sequence-classification"' in out and "text_pair_column" in out
+    assert main(["plugins", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "provides: quantises-base" in out and "needs a method that provides one of: keeps-base-frozen" in out
     assert main(["plugins", "lroa"]) == 2
     assert "no plugin named 'lroa'; did you mean lora?" in capsys.readouterr().err
 
@@ -192,16 +196,16 @@ def test_plugins_name_prints_the_plugins_options(capsys):
     ("required", "problem"),
     [
         ("1.0", None),
-        ("1.1", None),
-        ("1.2", "requires hook API 1.2, but adapt has 1.1: upgrade adapt-peft"),
-        ("2.0", "requires hook API 2.0, but adapt has 1.1: upgrade adapt-peft"),
-        ("0.9", "requires hook API 0.9, but adapt has 1.1: install a version of the plugin written for 1.x"),
-        ("1.x", "requires_api '1.x' is not a hook API version MAJOR.MINOR (adapt's is 1.1)"),
+        ("1.2", None),
+        ("1.3", "requires hook API 1.3, but adapt has 1.2: upgrade adapt-peft"),
+        ("2.0", "requires hook API 2.0, but adapt has 1.2: upgrade adapt-peft"),
+        ("0.9", "requires hook API 0.9, but adapt has 1.2: install a version of the plugin written for 1.x"),
+        ("1.x", "requires_api '1.x' is not a hook API version MAJOR.MINOR (adapt's is 1.2)"),
     ],
 )
 def test_a_plugin_requiring_another_hook_api_is_refused_with_both_versions(required, problem):
     from adapt import HOOK_API, PluginInfo
-    from adapt.manager import Catalogue
+    from adapt.plugin.manager import Catalogue
 
     class Needs:
         @hookimpl
@@ -209,7 +213,7 @@ def test_a_plugin_requiring_another_hook_api_is_refused_with_both_versions(requi
             return PluginInfo(summary="needs a hook API", requires_api=required)
 
     catalogue = Catalogue.discover(extra={"needs": Needs()})
-    assert HOOK_API == "1.1"
+    assert HOOK_API == "1.2"
     if problem is None:
         assert "needs" in catalogue.entries and "needs" not in catalogue.broken
     else:
@@ -222,7 +226,7 @@ def test_help_and_plugins_start_without_importing_torch():
 
     code = """
 import contextlib, io, sys
-from adapt.cli import main
+from adapt.commands.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     try:
         main(["--help"])
@@ -237,13 +241,12 @@ print(after_help, sorted(m for m in ("torch", "transformers", "datasets", "peft"
     assert result.stdout.strip() == "[] []", result.stderr[-2000:]
 
 
-def test_the_old_home_of_run_still_imports_with_a_deprecation_warning():
+def test_run_is_imported_from_the_facade_only_the_deprecated_types_shim_is_gone():
     import adapt
     import adapt.types
 
-    with pytest.warns(DeprecationWarning, match="adapt.types.Run moved: import Run from adapt"):
-        old = adapt.types.Run
-    assert old is adapt.Run
+    assert not hasattr(adapt.types, "Run")  # the 0.1.0 shim lived one version; it kept types -> context a circle
+    assert adapt.Run.__module__ == "adapt.run.context"
 
 
 def test_the_adapters_activation_choices_are_the_activations_it_builds():
@@ -258,7 +261,7 @@ def test_the_adapters_activation_choices_are_the_activations_it_builds():
 
 def test_names_that_left_the_public_api_still_import_with_a_warning_naming_the_replacement():
     import adapt
-    from adapt.modeling import load_task_model
+    from adapt.model.modeling import load_task_model
 
     with pytest.warns(DeprecationWarning, match=r"adapt.load_task_model is no longer public API: subclass adapt.Head"):
         assert adapt.load_task_model is load_task_model
@@ -269,7 +272,7 @@ def test_names_that_left_the_public_api_still_import_with_a_warning_naming_the_r
 
 def test_a_head_subclass_missing_a_declaration_is_a_broken_plugin_naming_it():
     from adapt import Head
-    from adapt.manager import Catalogue
+    from adapt.plugin.manager import Catalogue
 
     class Incomplete(Head):
         def resolve_names(self, run):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from adapt.cli import main
+from adapt.commands.cli import main
 from adapt.errors import RecipeError
-from adapt.manager import Catalogue
-from adapt.recipe import load_recipe, parse_value
+from adapt.plugin.manager import Catalogue
+from adapt.recipe.loader import load_recipe, parse_value
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Property-based recipe validation (hypothesis): mutations of the shipped recipes and generated valid ones go
-through `adapt.recipe.validate` in-process. Whatever the input, validation either returns a recipe or lists
+through `adapt.recipe.loader.validate` in-process. Whatever the input, validation either returns a recipe or lists
 problems that each name a key; any other exception is a bug. A valid recipe survives its own round trip
 through the saved recipe.toml."""
 
@@ -16,8 +16,8 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapt.manager import Catalogue
-from adapt.recipe import validate
+from adapt.plugin.manager import Catalogue
+from adapt.recipe.loader import validate
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 SHIPPED = [tomllib.loads(p.read_text()) for p in RECIPES]

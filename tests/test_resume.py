@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.cli import main
+from adapt.commands.cli import main
 
 RNG = random.Random()  # a different kill point each run; the assertion messages name it
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from adapt.cli import main
+from adapt.commands.cli import main
 
 
 @pytest.fixture(autouse=True)

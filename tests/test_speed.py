@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapt.cpu_speed import fast_dropout, keep_freed_memory
+from adapt.speed.cpu import fast_dropout, keep_freed_memory
 
 
 def _lora_pair(model_dir, **lora):
@@ -148,7 +148,7 @@ def test_check_does_not_tokenise(tiny_recipe, monkeypatch, capsys):
     """`adapt check` validates the recipe, data columns and model without tokenising a split."""
     from datasets import Dataset
 
-    from adapt.cli import main
+    from adapt.commands.cli import main
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     maps = []

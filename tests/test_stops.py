@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.cli import main
-from adapt.manager import Catalogue
-from adapt.nonfinite import NonFiniteLoss
-from adapt.recipe import load_recipe
-from adapt.trainer import run_recipe
+from adapt.commands.cli import main
+from adapt.plugin.manager import Catalogue
+from adapt.recipe.loader import load_recipe
+from adapt.train.nonfinite import NonFiniteLoss
+from adapt.train.orchestration import run_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,7 @@ def test_signal_outside_the_loop_stops_at_once():
     import os
     import signal
 
-    from adapt.interrupts import Interrupted, StopSignals
+    from adapt.run.interrupts import Interrupted, StopSignals
 
     with StopSignals(announce=False) as stop, pytest.raises(Interrupted) as info:
         os.kill(os.getpid(), signal.SIGTERM)  # not in the training loop: no step to finish
@@ -166,7 +166,7 @@ def interrupted_run(tiny_recipe, tmp_path) -> str:
 
     recipe = str(tiny_recipe(train={"checkpoint_every": 100}))
     catalogue = Catalogue.discover(extra={"stop": Stop()})
-    from adapt.interrupts import Interrupted
+    from adapt.run.interrupts import Interrupted
 
     with pytest.raises(Interrupted):
         run_recipe(load_recipe(recipe, catalogue.infos), catalogue)
@@ -248,7 +248,7 @@ def test_a_folder_that_is_not_a_run_is_never_replaced(tiny_recipe, tmp_path, mon
 
 
 def test_a_folder_in_use_is_refused_naming_the_other_run(tiny_recipe, tmp_path, capsys):
-    from adapt.rundir import _lock
+    from adapt.run.rundir import _lock
 
     recipe = str(tiny_recipe())
     assert main(["run", recipe]) == 0
@@ -263,16 +263,16 @@ def test_a_folder_in_use_is_refused_naming_the_other_run(tiny_recipe, tmp_path, 
 
 
 def test_a_failed_summary_write_keeps_the_trained_run(tiny_recipe, tmp_path, monkeypatch, capsys):
-    import adapt.trainer
+    import adapt.train.orchestration
 
-    real = adapt.trainer.atomic_write_json
+    real = adapt.train.orchestration.atomic_write_json
 
     def full_disk(path, data):
         if Path(path).name == "summary.json":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data)
 
-    monkeypatch.setattr(adapt.trainer, "atomic_write_json", full_disk)
+    monkeypatch.setattr(adapt.train.orchestration, "atomic_write_json", full_disk)
     recipe = str(tiny_recipe())
     assert main(["run", recipe]) == 1
     err = capsys.readouterr().err
@@ -281,13 +281,13 @@ def test_a_failed_summary_write_keeps_the_trained_run(tiny_recipe, tmp_path, mon
     assert marker(run_dir)["status"] == "trained" and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert main(["eval", str(run_dir), "--json"]) == 0  # the trained model is not disowned
     metrics = json.loads(capsys.readouterr().out)
-    monkeypatch.setattr(adapt.trainer, "atomic_write_json", real)
+    monkeypatch.setattr(adapt.train.orchestration, "atomic_write_json", real)
     assert main(["run", str(run_dir), "--resume"]) == 0  # writes the summary from the final checkpoint
     assert summary_of(run_dir)["eval"] == metrics
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_valid(tiny_recipe, tmp_path, monkeypatch, capsys):
-    from adapt.checkpoint import Checkpointer
+    from adapt.run.checkpoint import Checkpointer
 
     real, calls = Checkpointer._write_own, []
 

@@ -28,9 +28,9 @@ def write_space(path: Path, **space) -> Path:
 @pytest.fixture
 def sweep(tiny_recipe, tmp_path, monkeypatch):
     """A Sweep of the tiny recipe (evaluating every 4 steps) over `space`, in tmp_path/sweep."""
-    from adapt.manager import Catalogue
-    from adapt.space import load_space
-    from adapt.sweep import Sweep
+    from adapt.commands.sweep import Sweep
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.space import load_space
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
 
@@ -44,8 +44,8 @@ def sweep(tiny_recipe, tmp_path, monkeypatch):
 
 
 def test_trials_are_runs_and_the_best_recipe_reloads(sweep, tmp_path):
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
 
     study = sweep(sampler="random", trials=3, pruner={"kind": "none"}).run()
     folder = tmp_path / "sweep"
@@ -91,7 +91,7 @@ class StopOnce:
 
 
 def test_an_interrupted_sweep_resumes_its_trial_from_the_checkpoint(sweep, tmp_path):
-    from adapt.interrupts import Interrupted
+    from adapt.run.interrupts import Interrupted
 
     stopper = StopOnce(step=8)
     with pytest.raises(Interrupted):
@@ -136,7 +136,7 @@ def test_two_workers_share_one_study(tiny_recipe, tmp_path):
             [
                 sys.executable,
                 "-m",
-                "adapt.cli",
+                "adapt.commands.cli",
                 "sweep",
                 str(recipe),
                 "--space",
@@ -168,8 +168,8 @@ def test_two_workers_share_one_study(tiny_recipe, tmp_path):
 
 def test_space_problems_are_reported_together(tiny_recipe, tmp_path):
     from adapt.errors import RecipeError
-    from adapt.manager import Catalogue
-    from adapt.space import load_space
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.space import load_space
 
     catalogue = Catalogue.discover()
     space = write_space(
@@ -205,7 +205,7 @@ def test_space_problems_are_reported_together(tiny_recipe, tmp_path):
 
 
 def test_grid_space_enumerates_steps():
-    from adapt.space import Range, Space
+    from adapt.recipe.space import Range, Space
 
     space = Space(metric="f1", sampler="grid", params={"a": Range(low=1, high=7, step=2), "b": ["x", "y"]})
     assert space.grid() == {"a": [1, 3, 5, 7], "b": ["x", "y"]} and space.grid_size() == 8
@@ -247,7 +247,7 @@ def test_compare_runs_each_value_and_reuses_finished_runs(tiny_recipe, tiny_bert
 
 
 def test_vary_values_are_typed_like_set():
-    from adapt.compare import parse_vary
+    from adapt.commands.compare import parse_vary
     from adapt.errors import RecipeError
 
     assert parse_vary("methods.lora.r=4,8,16") == ("methods.lora.r", [4, 8, 16])
@@ -270,10 +270,10 @@ class StopAt:
 
 
 def test_a_plugin_can_end_training_early(tiny_recipe, monkeypatch):
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.rundir import run_status
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.run.rundir import run_status
+    from adapt.train.orchestration import run_recipe
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     catalogue = Catalogue.discover(extra={"stop": StopAt(5)})
@@ -287,8 +287,8 @@ def test_a_plugin_can_end_training_early(tiny_recipe, monkeypatch):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "recipes" / "spaces").glob("*.toml")), ids=str)
 def test_shipped_spaces_are_valid_for_their_recipe(path):
     """recipes/spaces/NAME.toml is the space of recipes/NAME.toml."""
-    from adapt.manager import Catalogue
-    from adapt.space import load_space
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.space import load_space
 
     catalogue = Catalogue.discover()
     recipe = path.parents[1] / path.name

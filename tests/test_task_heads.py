@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from adapt.cli import main
+from adapt.commands.cli import main
 from adapt.testing import multi_label_rows, write_jsonl
 from adapt_causal_lm.encode import CausalCollator, chat_example, encode_batch, join
 from adapt_causal_lm.metrics import PerplexityMetrics

@@ -93,7 +93,7 @@ def test_past_a_trimmed_top_block_only_the_first_token_s_row_is_stored(tiny_bert
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from adapt import PrefixCache, on_last_block_output
-    from adapt.trim import trim_top_block
+    from adapt.speed.trim import trim_top_block
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
@@ -129,7 +129,7 @@ def test_a_checkpoint_of_the_other_row_layout_is_stored_afresh(tiny_bert_dir, tm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from adapt import PrefixCache
-    from adapt.trim import trim_top_block
+    from adapt.speed.trim import trim_top_block
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
@@ -179,7 +179,7 @@ def test_train_last_beyond_the_model_is_refused(tiny_recipe, adapt_cli):
 
 
 def test_a_killed_run_resumes_with_the_same_cached_states(tiny_recipe, tmp_path, adapt_with_crash):
-    from adapt.cli import main
+    from adapt.commands.cli import main
 
     recipe = str(tiny_recipe(methods={"top-layers": {"train_last": 1}}, train={"epochs": 3, "checkpoint_every": 3}))
     assert main(["run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}"]) == 0

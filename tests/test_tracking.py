@@ -64,7 +64,7 @@ def wandb_history(path) -> list[dict]:
 
 
 def test_a_backend_that_is_not_installed_is_named_before_the_run(tiny_recipe, monkeypatch, capsys):
-    from adapt.cli import main
+    from adapt.commands.cli import main
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     recipe = tiny_recipe(plugins={"tracking": {"backends": ["tensorbord", "aim"], "init": {"wandb": {}}}})
@@ -86,10 +86,10 @@ class Interrupt:
 def test_a_resumed_run_continues_its_mlflow_run(tiny_recipe, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from adapt.interrupts import Interrupted
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.run.interrupts import Interrupted
+    from adapt.train.orchestration import run_recipe
 
     monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
     path = tiny_recipe(train={"eval_every": 6}, plugins={"tracking": {"backends": ["mlflow"]}})

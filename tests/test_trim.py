@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapt.trim import is_trimmed, trim_top_block
+from adapt.speed.trim import is_trimmed, trim_top_block
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 99}
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adapt import atomic_dir, atomic_write_text, head_module_names
-from adapt.batching import LengthGroupedBatches, padding_efficiency, shard_batches, sorted_batches
+from adapt.train.batching import LengthGroupedBatches, padding_efficiency, shard_batches, sorted_batches
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
 
@@ -145,8 +145,8 @@ def test_head_modules_are_found_generically():
 def test_local_files_of_each_type_load_as_train_and_eval(tmp_path):
     import json
 
-    from adapt.data import load_splits
-    from adapt.sections import DataSection
+    from adapt.loading.splits import load_splits
+    from adapt.recipe.sections import DataSection
 
     rows = [{"text": "null", "label": 0}, {"text": 'say "hi"', "label": 1}, {"text": "NA", "label": 1}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

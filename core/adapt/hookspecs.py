@@ -4,7 +4,7 @@ Conventions (the same as pytest's):
 - every hook name starts with ``adapt_``; the core passes arguments by keyword only, so an
   implementation may accept any subset of a hook's parameters;
 - "provide X" hooks are ``firstresult``: the first non-None answer wins and the others are not called.
-  The core registers fallbacks for some of them (``adapt.defaults``) with ``trylast``, so a plugin only
+  The core registers fallbacks for some of them (``adapt.plugin.defaults``) with ``trylast``, so a plugin only
   implements what it wants to change;
 - observers (``adapt_on_*``) return None;
 - contribution hooks (``adapt_model_load_kwargs``, ``adapt_loss_terms``, ``adapt_summary``) collect the
@@ -25,8 +25,8 @@ head's model hooks, ``adapt_on_model_loaded`` and ``adapt_load_artifacts`` in pl
 A memory plan (``adapt plan``, and the estimate ``adapt run`` prints before loading weights) calls the head's
 and the methods' hooks (never infrastructure plugins'), on new plugin instances, with ``run.planning`` True:
 ``adapt_configure``, ``adapt_head_modules``, ``adapt_model_load_kwargs``, ``adapt_load_model`` (where
-``adapt.from_pretrained_cached`` and ``adapt.load_task_model`` build the model on the meta device from its
-config), ``adapt_on_model_loaded``, ``adapt_transform_model``, ``adapt_make_collator``,
+``adapt.from_pretrained_cached``, through which ``adapt.Head`` loads, builds the model on the meta device from
+its config), ``adapt_on_model_loaded``, ``adapt_transform_model``, ``adapt_make_collator``,
 ``adapt_compute_loss`` and ``adapt_loss_terms`` (on meta tensors). ``run.dataset`` may be None there (no data
 at hand). Skip what needs real tensors or the device (a kernel probe, a cache) when ``run.planning`` is set.
 """
@@ -44,15 +44,16 @@ if TYPE_CHECKING:
     import torch
     from datasets import DatasetDict
 
-    from adapt.context import Run
-    from adapt.recipe import Recipe
+    from adapt.recipe.loader import Recipe
+    from adapt.run.context import Run
     from adapt.types import Metrics, PluginInfo
 
-#: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook or a parameter is added (1.1:
-#: ``adapt_on_model_loaded``), MAJOR when one changes meaning or goes. A plugin states the version it needs in
-#: ``PluginInfo.requires_api``; it is refused, with both versions named, unless MAJOR is the same and MINOR at least
-#: as high.
-HOOK_API = "1.1"
+#: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook, a parameter or a PluginInfo field is added (1.1:
+#: ``adapt_on_model_loaded``; 1.2: capabilities, ``PluginInfo.provides/needs/runs_after``, with ``after`` and
+#: ``needs_one_of`` deprecated until 2.0), MAJOR when one changes meaning or goes. A plugin states the version it
+#: needs in ``PluginInfo.requires_api``; it is refused, with both versions named, unless MAJOR is the same and MINOR
+#: at least as high.
+HOOK_API = "1.2"
 
 hookspec = pluggy.HookspecMarker("adapt")
 #: Marks a plugin's hook implementations (`from adapt import hookimpl`).
@@ -92,8 +93,8 @@ def adapt_configure(recipe: Recipe) -> None:
 def adapt_head_modules(run: Run) -> list[str] | None:
     """Name the top-level modules the head will create fresh (``["classifier"]``), before the model loads.
 
-    Called once, before ``adapt_model_load_kwargs``; the head implements it (``adapt.preview_head_modules``
-    builds the model on the meta device to find them). The core stores the answer in
+    Called once, before ``adapt_model_load_kwargs``; the head implements it (``adapt.Head`` does, building the
+    model on the meta device to find them). The core stores the answer in
     ``run.head_modules``, so a quantisation plugin can leave the head in full precision. ``firstresult``:
     the head answers for itself.
 
@@ -150,7 +151,8 @@ def adapt_transform_model(run: Run) -> None:
     """Adapt the model: wrap it, freeze parameters, inject modules.
 
     Called once per method plugin named in the recipe, one method at a time, in composition order
-    (``PluginInfo.after`` first, then recipe order), after ``adapt_load_model``. Implementations
+    (a method after those that provide what its
+    ``PluginInfo.runs_after`` names, else recipe order), after ``adapt_load_model``. Implementations
     replace or modify ``run.model`` in place and return None.
 
     :param run: the run; ``run.model`` is the model as left by the previous method.
@@ -311,8 +313,8 @@ def adapt_restore_state(run: Run, directory: Path) -> None:
 def adapt_predict(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Predict for raw examples: labels with scores, tags per word, generated text...
 
-    Called by ``adapt predict`` on a restored run; the head implements it (``adapt.example_logits`` runs
-    the model over encoded rows in length-sorted batches and gives each row's logits back in order).
+    Called by ``adapt predict`` on a restored run; the head implements it (``adapt.Head`` runs the model over
+    the encoded rows in length-sorted batches and turns each row's outputs into a prediction).
     ``firstresult``: the head answers.
 
     :param rows: one dict per example with the columns the head reads from data (as named by its recipe

@@ -298,9 +298,9 @@ def run_recipe(tmp_path):
     as `adapt run` does. `plugins` maps names to plugin objects (modules, instances or classes), registered as if
     installed under those names, so a recipe can name them. Installed plugins load as usual; set
     ADAPT_DISABLE_PLUGIN_AUTOLOAD=1 to keep only the built-ins and `plugins`."""
-    from adapt.manager import Catalogue
-    from adapt.recipe import load_recipe
-    from adapt.trainer import run_recipe as train
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.train.orchestration import run_recipe as train
 
     def run(
         recipe: Mapping[str, Any] | str | Path,

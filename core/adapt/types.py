@@ -1,10 +1,11 @@
-"""Types that plugins see: recipe tables, plugin descriptions and the metrics protocol (`Run` is in adapt.context)."""
+"""Types that plugins see: recipe tables, plugin descriptions and the metrics protocol (`Run`: adapt.run.context)."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +37,32 @@ class NoOptions(Table):
 T = TypeVar("T", bound=Table)
 
 
+class Capability(StrEnum):
+    """What a method does, in the words the composition rules read (`PluginInfo.provides`, `needs`, `runs_after`
+    and the keys of `conflicts`). A third-party method that declares what it does composes with the built-ins on the
+    same terms as a built-in; a plugin may use words of its own for rules among its own family."""
+
+    TRAINS_PRETRAINED_WEIGHTS = "trains-pretrained-weights"
+    ADDS_MODULES = "adds-modules"
+    KEEPS_BASE_FROZEN = "keeps-base-frozen"
+    QUANTISES_BASE = "quantises-base"
+    REGULARISER = "regulariser"
+
+
+#: Each capability as the rules' messages say it ("needs a method that ...").
+CAPABILITY_TEXT = {
+    Capability.TRAINS_PRETRAINED_WEIGHTS: "trains pretrained weights",
+    Capability.ADDS_MODULES: "trains new modules beside the pretrained weights",
+    Capability.KEEPS_BASE_FROZEN: "trains while every pretrained weight stays frozen",
+    Capability.QUANTISES_BASE: "loads the base quantised",
+    Capability.REGULARISER: "adds a regularising loss term",
+}
+
+
+def capability_text(capability: str) -> str:
+    return CAPABILITY_TEXT.get(capability, f"provides '{capability}'")  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     """What a plugin says about itself through `adapt_plugin_info`.
@@ -45,22 +72,41 @@ class PluginInfo:
     table: the schema of the plugin's recipe table (`[methods.NAME]`, the `[task]` table of a head,
         or `[plugins.NAME]`).
     summary: one line for `adapt plugins`.
-    after: methods that, when the recipe also names them, must be applied before this one
-        (an 8-bit base must be loaded before LoRA wraps it).
-    conflicts: method name -> why the two cannot be combined; checked when the recipe is validated.
-    needs_one_of: methods of which the recipe must name at least one beside this one (a quantised
-        base trains nothing by itself).
-    requires_api: the hook API version the plugin was written for ("1.1"); it is refused (listed as broken,
+    provides: what the method does (`Capability` values, or words of the plugin's own), which the other
+        methods' `needs`, `runs_after` and `conflicts` read.
+    needs: capabilities of which another method the recipe names must provide at least one (a quantised base
+        trains nothing by itself: `needs=(Capability.KEEPS_BASE_FROZEN,)`).
+    runs_after: capabilities: this method is applied after every method the recipe names that provides one (an
+        8-bit base must be loaded before LoRA wraps it: LoRA `runs_after=(Capability.QUANTISES_BASE,)`).
+    conflicts: a method name or a capability -> why the two cannot be combined; checked when the recipe is
+        validated, in both directions.
+    requires_api: the hook API version the plugin was written for ("1.2"); it is refused (listed as broken,
         with both versions) unless `adapt.HOOK_API` has the same major version and a minor at least as high.
+    after: deprecated since hook API 1.2 (use `runs_after`): method names this one is applied after.
+    needs_one_of: deprecated since hook API 1.2 (use `needs`): method names of which the recipe must name one.
+        Both still work throughout 1.x, with a DeprecationWarning.
     """
 
     kind: Kind = "infrastructure"
     table: type[Table] = NoOptions
     summary: str = ""
-    after: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    runs_after: tuple[str, ...] = ()
     conflicts: Mapping[str, str] = field(default_factory=dict)
-    needs_one_of: tuple[str, ...] = ()
     requires_api: str | None = None
+    after: tuple[str, ...] = ()
+    needs_one_of: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for old, new in (("after", "runs_after"), ("needs_one_of", "needs")):
+            if getattr(self, old):
+                warnings.warn(
+                    f"PluginInfo.{old} names sibling plugins and is deprecated since hook API 1.2: declare "
+                    f"capabilities instead (PluginInfo.{new} with adapt.Capability values)",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
 
 
 class Metrics(Protocol):
@@ -78,11 +124,3 @@ class Metrics(Protocol):
 
     def compute(self) -> dict[str, float]: ...
 
-
-def __getattr__(name: str) -> Any:
-    if name == "Run":  # moved in 0.1.0: adapt.types no longer depends on the recipe
-        warnings.warn("adapt.types.Run moved: import Run from adapt", DeprecationWarning, stacklevel=2)
-        from adapt.context import Run
-
-        return Run
-    raise AttributeError(f"module 'adapt.types' has no attribute {name!r}")

@@ -14,7 +14,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, atomic_write_text, hookimpl, load_tensors_into, save_tensors
+from adapt import (
+    AdaptError,
+    Capability,
+    PluginInfo,
+    Run,
+    Table,
+    atomic_write_text,
+    hookimpl,
+    load_tensors_into,
+    save_tensors,
+)
 
 ARTIFACT_DIR = "adapters"
 WEIGHTS = "adapters.safetensors"
@@ -39,7 +49,8 @@ def adapt_plugin_info() -> PluginInfo:
         kind="method",
         table=AdaptersTable,
         summary="bottleneck adapters (Houlsby / Pfeiffer), identity at init; saves adapters and head",
-        after=("int8",),
+        provides=(Capability.ADDS_MODULES, Capability.KEEPS_BASE_FROZEN),
+        runs_after=(Capability.QUANTISES_BASE,),
     )
 
 

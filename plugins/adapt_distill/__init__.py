@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, hookimpl, on_last_block_output
+from adapt import Capability, PluginInfo, Run, Table, hookimpl, on_last_block_output
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +43,9 @@ class Distill:
             kind="method",
             table=DistillTable,
             summary="regulariser: keeps the last block's outputs close to the frozen base's on each batch",
-            after=("int8", "full", "gradual-unfreezing", "lora", "adapters"),
-            needs_one_of=("full", "gradual-unfreezing", "lora", "adapters"),
+            provides=(Capability.REGULARISER,),
+            needs=(Capability.TRAINS_PRETRAINED_WEIGHTS, Capability.ADDS_MODULES),
+            runs_after=(Capability.QUANTISES_BASE, Capability.TRAINS_PRETRAINED_WEIGHTS, Capability.ADDS_MODULES),
         )
 
     @hookimpl

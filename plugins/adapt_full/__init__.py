@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapt import PluginInfo, Run, hookimpl, load_model_folder, save_model_folder
+from adapt import Capability, PluginInfo, Run, hookimpl, load_model_folder, save_model_folder
 
 ARTIFACT_DIR = "model"
 TRAINS_THE_BASE = "full fine-tuning trains the base weights themselves"
@@ -18,6 +18,7 @@ def adapt_plugin_info() -> PluginInfo:
     return PluginInfo(
         kind="method",
         summary="full fine-tuning: every parameter trains (the baseline)",
+        provides=(Capability.TRAINS_PRETRAINED_WEIGHTS,),
         conflicts={
             "lora": f"LoRA learns low-rank updates of a frozen base; {TRAINS_THE_BASE}",
             "adapters": f"adapters train small modules beside a frozen base; {TRAINS_THE_BASE}",

@@ -14,7 +14,17 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, decay_groups, find_blocks, hookimpl, load_model_folder, save_model_folder
+from adapt import (
+    Capability,
+    PluginInfo,
+    Run,
+    Table,
+    decay_groups,
+    find_blocks,
+    hookimpl,
+    load_model_folder,
+    save_model_folder,
+)
 
 ARTIFACT_DIR = "model"
 
@@ -57,6 +67,7 @@ class GradualUnfreezing:
             kind="method",
             table=GradualUnfreezingTable,
             summary="ULMFiT: unfreeze one layer group at a time from the top, discriminative learning rates",
+            provides=(Capability.TRAINS_PRETRAINED_WEIGHTS,),
             conflicts={
                 "lora": "LoRA keeps the base frozen; gradual unfreezing trains it",
                 "adapters": "adapters keep the base frozen; gradual unfreezing trains it",

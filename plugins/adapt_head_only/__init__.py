@@ -14,6 +14,7 @@ from pydantic import Field
 
 from adapt import (
     AdaptError,
+    Capability,
     FrozenPrefixCaching,
     PluginInfo,
     Run,
@@ -50,7 +51,8 @@ class HeadOnly(FrozenPrefixCaching):
             kind="method",
             table=HeadOnlyTable,
             summary="linear probe: only the task head trains; backbone features computed once",
-            after=("int8",),
+            provides=(Capability.KEEPS_BASE_FROZEN,),
+            runs_after=(Capability.QUANTISES_BASE,),
             conflicts={
                 "lora": "LoRA trains inside the backbone, which head-only keeps frozen",
                 "adapters": "adapters train inside the backbone, which head-only keeps frozen",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, hookimpl
+from adapt import AdaptError, Capability, PluginInfo, Run, Table, hookimpl
 from adapt_int8.backend import check_backend
 from adapt_int8.memory import weight_memory
 
@@ -62,7 +62,8 @@ class Int8:
             kind="method",
             table=Int8Table,
             summary="8-bit (LLM.int8) or 4-bit NF4 base via bitsandbytes; composes with lora / adapters / head-only",
-            needs_one_of=("lora", "adapters", "head-only"),
+            provides=(Capability.QUANTISES_BASE,),
+            needs=(Capability.KEEPS_BASE_FROZEN,),
         )
 
     @hookimpl

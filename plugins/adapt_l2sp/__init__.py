@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, hookimpl
+from adapt import Capability, PluginInfo, Run, Table, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -34,8 +34,9 @@ class L2SP:
             kind="method",
             table=L2SPTable,
             summary="regulariser: lambda/2 * ||theta - theta_0||^2 toward the pretrained weights",
-            after=("full", "gradual-unfreezing"),
-            needs_one_of=("full", "gradual-unfreezing"),
+            provides=(Capability.REGULARISER,),
+            needs=(Capability.TRAINS_PRETRAINED_WEIGHTS,),
+            runs_after=(Capability.TRAINS_PRETRAINED_WEIGHTS,),
         )
 
     @hookimpl

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import PluginInfo, Run, Table, atomic_dir, decay_groups, hookimpl
+from adapt import Capability, PluginInfo, Run, Table, atomic_dir, decay_groups, hookimpl
 
 ADAPTER_DIR = "adapter"
 
@@ -39,7 +39,10 @@ class LoraTable(Table):
 
 @hookimpl
 def adapt_plugin_info() -> PluginInfo:
-    return PluginInfo(kind="method", table=LoraTable, summary="LoRA low-rank adapters (PEFT)", after=("int8",))
+    return PluginInfo(kind="method", table=LoraTable, summary="LoRA low-rank adapters (PEFT)",
+        provides=(Capability.ADDS_MODULES, Capability.KEEPS_BASE_FROZEN),
+        runs_after=(Capability.QUANTISES_BASE,),
+    )
 
 
 def lora_config(run: Run):

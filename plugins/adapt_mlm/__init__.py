@@ -15,6 +15,7 @@ from pydantic import Field
 
 from adapt import (
     AdaptError,
+    Capability,
     PluginInfo,
     Run,
     Table,
@@ -51,8 +52,9 @@ class AuxiliaryMLM:
             kind="method",
             table=MLMTable,
             summary="regulariser: lambda * the checkpoint's own masked-LM loss on each batch (BERT-like models)",
-            after=("int8", "full", "gradual-unfreezing", "lora", "adapters"),
-            needs_one_of=("full", "gradual-unfreezing", "lora", "adapters"),
+            provides=(Capability.REGULARISER,),
+            needs=(Capability.TRAINS_PRETRAINED_WEIGHTS, Capability.ADDS_MODULES),
+            runs_after=(Capability.QUANTISES_BASE, Capability.TRAINS_PRETRAINED_WEIGHTS, Capability.ADDS_MODULES),
         )
 
     @hookimpl

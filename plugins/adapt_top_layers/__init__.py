@@ -17,6 +17,7 @@ from pydantic import Field
 
 from adapt import (
     AdaptError,
+    Capability,
     FrozenPrefixCaching,
     PluginInfo,
     Run,
@@ -56,7 +57,8 @@ class TopLayers(FrozenPrefixCaching):
             kind="method",
             table=TopLayersTable,
             summary="freeze most, train the top k blocks and the head; the frozen prefix's output is cached",
-            after=("int8", "lora", "adapters"),
+            provides=(Capability.TRAINS_PRETRAINED_WEIGHTS,),
+            runs_after=(Capability.QUANTISES_BASE, Capability.ADDS_MODULES),
             conflicts={
                 "full": "full fine-tuning trains every layer, top-layers freezes all but the top ones",
                 "head-only": "head-only is top-layers' train_last = 0; use one of them",

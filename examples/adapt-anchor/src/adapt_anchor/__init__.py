@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from adapt import AdaptError, PluginInfo, Run, Table, hookimpl
+from adapt import AdaptError, Capability, PluginInfo, Run, Table, hookimpl
 
 NAME = "anchor"
 
@@ -30,8 +30,9 @@ class Anchor:
             kind="method",
             table=AnchorTable,
             summary="regulariser: weight * mean |theta - theta_0| over the trained pretrained weights",
-            after=("full", "gradual-unfreezing", "top-layers"),
-            requires_api="1.1",  # adapt_on_model_loaded is new in hook API 1.1
+            provides=(Capability.REGULARISER,),
+            runs_after=(Capability.TRAINS_PRETRAINED_WEIGHTS,),
+            requires_api="1.2",  # capabilities are new in hook API 1.2 (adapt_on_model_loaded in 1.1)
         )
 
     @hookimpl

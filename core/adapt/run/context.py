@@ -1,0 +1,139 @@
+"""The run context: everything one run shares with its plugins (`adapt.Run`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from datasets import DatasetDict
+
+    from adapt.model.origins import Origin, ParameterOrigins
+    from adapt.recipe.loader import Recipe
+    from adapt.types import T, Table
+
+
+@dataclass
+class Run:
+    """Everything one run shares with its plugins. The core fills fields as the run advances.
+
+    Plugins read what they need and may replace `model` (in `adapt_transform_model` and
+    `adapt_load_artifacts`). Fields that are not set yet are None.
+    """
+
+    recipe: Recipe
+    accelerator: Accelerator
+    output_dir: Path
+    tokenizer: Any = None
+    dataset: DatasetDict | None = None
+    """Raw splits "train" and "eval" as loaded from the recipe's [data] table."""
+    encoded: DatasetDict | None = None
+    """The same splits after the head's `adapt_encode`."""
+    model: torch.nn.Module | None = None
+    head_modules: list[str] = field(default_factory=list)
+    """Names of the modules the head creates fresh ("classifier"; a dotted path such as "cls.predictions.transform"
+    when only part of a module is new): named by the head through `adapt_head_modules` before loading, confirmed in
+    `adapt_load_model`. Methods keep them trainable (and unquantised) and save them with their artifacts."""
+    task_type: str | None = None
+    """PEFT's name for the head's task ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", ...), or None."""
+    merge_tolerance: float = 1e-3
+    """Largest logit difference `adapt export --merge` accepts between the export and the run. A method whose merge
+    changes the arithmetic (an 8-bit base, dequantised) raises it in `adapt_export_model`."""
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    step: int = 0
+    """Optimizer steps taken so far and the run's total."""
+    max_steps: int = 0
+    epoch: int = 0
+    samples_seen: int = 0
+    started_at: float = field(default_factory=time.perf_counter)
+    resumed_from: Path | None = None
+    """The checkpoint this run continues from (`adapt run --resume`), else None. Set before `adapt_on_train_start`,
+    when `step`, `epoch` and `samples_seen` already hold the checkpoint's values."""
+    planning: bool = False
+    """True in `adapt plan` (and the estimate `adapt run` prints first): the model is built on the meta device from
+    its config (shapes, no weights, no memory) and methods are applied to it. Skip work that needs real tensors or
+    the device (a kernel probe, a feature cache); nothing is trained or saved."""
+    compiled: dict[str, Any] | None = None
+    """What `train.compile` compiled, in place (scope, modules, mode, backend), once the methods are applied; None
+    when nothing was. A plugin that replaces a compiled block's forward (as the prefix cache does) also takes the block
+    out of the compiled code while it does: dynamo guards on each block's forward."""
+    stop_reason: str | None = None
+    """Why training ends before ``max_steps``, once a plugin has called ``request_stop``; else None."""
+    _origins: ParameterOrigins | None = field(default=None, init=False, repr=False)
+    """Recorded by the core when the head's model is loaded (see `parameter_origin`)."""
+
+    def request_stop(self, reason: str) -> None:
+        """End training after the current optimizer step (early stopping, a sweep pruning a trial). The run
+        then finishes as usual: a final evaluation (this step's, when it has just evaluated), the artifacts and
+        summary.json, whose ``stopped_early`` holds `reason`. The first request wins. With several processes,
+        every process must make the same request (decide from the gathered metrics of ``adapt_on_evaluate``)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def note(self, message: str) -> None:
+        """Print `note: MESSAGE` on stderr, from the main process only. While the progress bar is live it redirects
+        stderr, so the line appears above the bar; `warnings.warn` takes the same way."""
+        if self.is_main_process:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+
+    @overload
+    def table(self, plugin: type[T]) -> T: ...
+
+    @overload
+    def table(self, plugin: str) -> Table: ...
+
+    def table(self, plugin: str | type[Table]) -> Table:
+        """The validated recipe table of `plugin` (its defaults when the recipe has none): `run.table(LoraTable)`
+        by the plugin's own Table class, typed as that class, or `run.table("lora")` by name."""
+        return self.recipe.table(plugin)
+
+    def parameter_origin(self, name: str, param: torch.nn.Parameter) -> Origin:
+        """Where parameter `param` of the model (named `name` in it now) came from: "head" (the modules the head
+        created, including a trainable copy a wrapper made of them), "pretrained" (loaded from the checkpoint) or
+        "method" (added by a method: LoRA's A and B, an adapter). Valid from `adapt_on_model_loaded` on, however
+        methods have wrapped or renamed the model since."""
+        return self._loaded_origins().origin(name, param)
+
+    def head_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The head's parameters, by their current names in `unwrapped_model`."""
+        return self._parameters_from("head")
+
+    def pretrained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters loaded from the pretrained checkpoint (never the head's), by their current names in
+        `unwrapped_model`, trainable or not."""
+        return self._parameters_from("pretrained")
+
+    def _loaded_origins(self) -> ParameterOrigins:
+        if self._origins is None:
+            raise RuntimeError("parameter origins are known once the model is loaded (from adapt_on_model_loaded on)")
+        return self._origins
+
+    def _parameters_from(self, origin: Origin) -> dict[str, torch.nn.Parameter]:
+        origins = self._loaded_origins()
+        return {n: p for n, p in self.unwrapped_model.named_parameters() if origins.origin(n, p) == origin}
+
+    @property
+    def head_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes of the head modules ("classifier."), for `name.startswith(...)`."""
+        return tuple(f"{name}." for name in self.head_modules)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """`OUTPUT/checkpoints`: the run's checkpoints (`step-N`). A plugin whose checkpoint state refers to
+        large files keeps them in a sub-folder named after itself; all of it is deleted once the run finishes."""
+        return self.output_dir / "checkpoints"
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The model without Accelerate's distributed/compile wrappers (what `save_pretrained` needs)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
