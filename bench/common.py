@@ -15,18 +15,21 @@ from typing import Any
 TRAINING_ONLY = {"train.eval_every": 10**9, "plugins.disable": '["progress", "plots", "forgetting"]'}
 
 
-# `adapt` from another source tree (a git worktree of an earlier revision), ahead of the installed one: its core and
-# plugins come first on sys.path; the CLI's module moved in 0.1.0 (adapt.cli, then adapt.commands.cli).
+# `adapt` from another source tree (a git worktree of an earlier revision) instead of the installed one: its core and
+# plugins come first on sys.path, and an editable install's finder (which would resolve a module the tree lacks from
+# the installed tree) is taken out. The CLI's module moved in 0.1.0 (adapt.cli, then adapt.commands.cli).
 _FROM_SOURCE = """
 import importlib, sys
 source = sys.argv.pop(1)
 sys.path[:0] = [source + "/core", source + "/plugins"]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "").lower()]
 for name in ("adapt.commands.cli", "adapt.cli"):
     try:
         cli = importlib.import_module(name)
         break
     except ModuleNotFoundError:
         continue
+assert cli.__file__.startswith(source), (cli.__file__, source)
 sys.exit(cli.main(sys.argv[1:]))
 """
 

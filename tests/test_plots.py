@@ -19,10 +19,34 @@ def png_size(path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("dpi", [100, 50])
-def test_every_run_draws_its_curves(train_tiny, dpi):
+def test_every_run_draws_its_curves(train_tiny, dpi, monkeypatch):
+    import json
+
+    from matplotlib.figure import Figure
+
+    drawn = []
+    real_savefig = Figure.savefig
+
+    def keep(figure, *args, **kwargs):
+        drawn.append(figure)
+        return real_savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
     run, _, summary = train_tiny(train={"eval_every": 4}, plugins={"disable": [], "plots": {"dpi": dpi}})
     # panels: loss (train and eval), learning rate, eval accuracy, eval macro_f1: 3 columns, 2 rows
     assert png_size(run.output_dir / "curves.png") == (round(12.6 * dpi), round(6.4 * dpi))
+    figure = drawn[-1]
+    panels = {ax.get_title(): {line.get_label(): line.get_xydata().tolist() for line in ax.lines} for ax in figure.axes}
+    assert list(panels) == ["loss", "learning rate", "eval accuracy", "eval macro_f1"]
+    records = [json.loads(line) for line in (run.output_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(train) > 3 and len(evals) > 1
+    assert panels["loss"]["train loss"] == [[r["step"], r["loss"]] for r in train]  # every logged point, in order
+    assert panels["loss"]["eval loss"] == [[r["step"], r["loss"]] for r in evals]
+    assert panels["learning rate"]["lr"] == [[r["step"], r["lr"]] for r in train]
+    assert panels["eval accuracy"]["accuracy"] == [[r["step"], r["accuracy"]] for r in evals]
+    assert evals[-1]["accuracy"] == summary["eval"]["accuracy"]
 
 
 class Interrupt:

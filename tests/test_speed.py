@@ -3,6 +3,9 @@ dropout's rate and reproducibility and gives torch's kernel back, and a run repo
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,9 +130,34 @@ def test_fast_dropout_reaches_dropout_inside_attention():
     assert torch.equal(first, again) and not torch.equal(first, torchs)
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's mallopt")
+# In a fresh process: malloc a 24 MiB block, touch its pages, free it; print how much resident memory the free gave
+# back to the OS. glibc serves a block that large with mmap and unmaps it on free, unless told to keep it.
+_FREE_A_BLOCK = """
+import ctypes, resource, sys
+from adapt.speed.cpu import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+block = libc.malloc(24 * 2**20)
+ctypes.memset(block, 1, 24 * 2**20)
+held = resident()
+libc.free(block)
+print(held - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_memory_is_kept_on_linux():
+    def given_back(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _FREE_A_BLOCK, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
     assert keep_freed_memory() is True
+    assert given_back("default") > 16 * 2**20  # unmapped at once: the next step faults the pages in again
+    assert given_back("keep") < 2 * 2**20  # kept in the heap for the next allocation
 
 
 def test_a_run_reports_its_useful_flops_and_how_it_ran(train_tiny):
