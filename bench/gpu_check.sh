@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: run it whenever a CUDA machine is at hand (no internet needed once the HF cache is seeded).
 # LoRA, int8+LoRA, 4-bit+LoRA, LoRA with activation checkpointing, LoRA under torch.compile and LoRA with the
-# whole top block (model.trim_top_block = false) on MiniLM / SST-2 for a few hundred steps, then one table:
+# whole top block (task.trim_top_block = false) on MiniLM / SST-2 for a few hundred steps, then one table:
 # samples/s, peak CUDA memory, the plan's estimate, accuracy. Whether train.compile pays on a GPU: compare
 # lora-compile's samples/s with lora's (its first steps include the compile); what the trim saves: lora against
 # lora-whole-top-block; what logits at the labelled positions only save in SFT: sft against sft-every-logit (their
@@ -25,7 +25,7 @@ declare -A variants=(
   [nf4-lora]="recipes/int8-lora-sst2.toml --set methods.int8.bits=4"
   [lora-checkpointing]="recipes/lora-sst2.toml --set train.gradient_checkpointing=true"
   [lora-compile]="recipes/lora-sst2.toml --set train.compile=true"
-  [lora-whole-top-block]="recipes/lora-sst2.toml --set model.trim_top_block=false"
+  [lora-whole-top-block]="recipes/lora-sst2.toml --set task.trim_top_block=false"
   [sft]="recipes/lora-sst2-sft.toml"
   [sft-every-logit]="recipes/lora-sst2-sft.toml --set task.logits_for_labels_only=false"
 )

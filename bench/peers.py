@@ -11,7 +11,8 @@ or saving during training. Runs alternate A/B/A/B, each in a fresh process, so d
 falls on both. Train samples/s are each tool's own figure over its training loop (model loading and the final
 evaluation excluded). Useful FLOP/s counts matmul work on real (unpadded) tokens, as a share of the matmul
 peak this script measures first at the same precision. `--against REV` adds adapt at git revision REV (checked
-out in a temporary worktree) to each pair, so a change is measured against what it changed, side by side.
+out in a temporary worktree) to each pair, so a change is measured against what it changed, side by side (the two
+adapts take turns at going first); `--only-adapt` leaves HF Trainer out of such a comparison.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def main() -> None:
         "--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="several: interleaved per pair"
     )
     parser.add_argument("--against", metavar="REV", help="also run adapt at this git revision, in each pair")
+    parser.add_argument("--only-adapt", action="store_true", help="with --against: leave HF Trainer out")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-peers.md"))
     parser.add_argument("--peer-worker", nargs=3, metavar=("ROWS", "PRECISION", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -181,11 +183,15 @@ def main() -> None:
         for i in range(args.pairs):
             for precision in args.precision:
                 started = time.perf_counter()
+                rev = Path(tmp) / f"rev-{precision}-{i}"
+                if source is not None and i % 2:  # odd pairs run the revision first: no side always goes first
+                    earlier[precision].append(run_adapt(args.rows, precision, rev, source))
                 a = run_adapt(args.rows, precision, Path(tmp) / f"adapt-{precision}-{i}")
-                if source is not None:
-                    old = run_adapt(args.rows, precision, Path(tmp) / f"rev-{precision}-{i}", source)
-                    earlier[precision].append(old)
-                b = run_peer(args.rows, precision, Path(tmp) / f"peer-{precision}-{i}")
+                if source is not None and not i % 2:
+                    earlier[precision].append(run_adapt(args.rows, precision, rev, source))
+                b = {"samples_per_second": float("nan"), "accuracy": float("nan"), "peak_mib": float("nan")}
+                if not args.only_adapt:
+                    b = run_peer(args.rows, precision, Path(tmp) / f"peer-{precision}-{i}")
                 pairs[precision].append((a, b))
                 was = f", adapt at {args.against} {earlier[precision][-1]['samples_per_second']:.1f}" if source else ""
                 print(
@@ -197,14 +203,19 @@ def main() -> None:
     for precision, runs in pairs.items():
         for i, (a, b) in enumerate(runs, 1):
             share = f"{a['flops_share']:.0%}" if a["flops_share"] is not None else "–"
+            if args.only_adapt:
+                rows.append(f"| {precision} | {i} | {a['samples_per_second']:.1f} | – | | {a['accuracy']:.4f} | "
+                            f"| {a['peak_mib']:,.0f} | | {share} |")
+                continue
             rows.append(
                 f"| {precision} | {i} | {a['samples_per_second']:.1f} | {b['samples_per_second']:.1f} "
                 f"| {a['samples_per_second'] / b['samples_per_second']:.2f}× "
                 f"| {a['accuracy']:.4f} | {b['accuracy']:.4f} "
                 f"| {a['peak_mib']:,.0f} | {b['peak_mib']:,.0f} | {share} |"
             )
-        ratio = statistics.median(a["samples_per_second"] / b["samples_per_second"] for a, b in runs)
-        rows.append(f"| {precision} | **median** | | | **{ratio:.2f}×** | | | | | |")
+        if not args.only_adapt:
+            ratio = statistics.median(a["samples_per_second"] / b["samples_per_second"] for a, b in runs)
+            rows.append(f"| {precision} | **median** | | | **{ratio:.2f}×** | | | | | |")
         for i, ((a, _), old) in enumerate(zip(runs, earlier[precision], strict=bool(earlier[precision])), 1):
             rows.append(
                 f"| {precision} | {i}: adapt at {args.against} | {old['samples_per_second']:.1f} | | "
@@ -224,7 +235,8 @@ def main() -> None:
     publish(
         f"{cpu_model()}; {args.rows:,} SST-2 rows, one epoch, batch 32; MiniLM-L6 + LoRA r=8. "
         f"`python bench/peers.py --pairs {args.pairs} --rows {args.rows} --precision {' '.join(args.precision)}"
-        + (f" --against {args.against}`" if args.against else "`"),
+        + (f" --against {args.against}" if args.against else "")
+        + (" --only-adapt`" if args.only_adapt else "`"),
         [
             "precision",
             "pair",

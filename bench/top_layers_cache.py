@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, cache: bool, dtype: str, out: Path) -> dict:
         "train.epochs": args.epochs,
         "train.learning_rate": args.learning_rate,
         **({"train.precision": f'"{args.precision}"'} if args.precision else {}),
-        **({"model.trim_top_block": "false"} if args.whole_top_block else {}),
+        **({"task.trim_top_block": "false"} if args.whole_top_block else {}),
         **TRAINING_ONLY,
     }
     return run_recipe(path, out / "run", overrides)
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--recipe", default="lora-sst2")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: the recipe's")
-    parser.add_argument("--whole-top-block", action="store_true", help="model.trim_top_block = false")
+    parser.add_argument("--whole-top-block", action="store_true", help="task.trim_top_block = false")
     args = parser.parse_args()
     cases = [(True, "float16"), (True, "float32"), (False, "float16")]
     with tempfile.TemporaryDirectory() as tmp:

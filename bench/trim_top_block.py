@@ -1,4 +1,4 @@
-"""What `model.trim_top_block` saves: the default recipe with the top block trimmed and whole, side by side.
+"""What `task.trim_top_block` saves: the default recipe with the top block trimmed and whole, side by side.
 
     HF_HUB_OFFLINE=1 python bench/trim_top_block.py [--pairs 3] [--rows 4000] [--precision fp32] [--recipe lora-sst2]
                                                    [--out FILE.md]
@@ -17,7 +17,7 @@ from common import cpu_model, publish, run_switched, switch_arguments, switch_pa
 
 def main() -> None:
     args = switch_arguments(__doc__, rows=4000, recipe="lora-sst2", out="runs/bench-trim-top-block.md")
-    results, ratio = switch_pairs(args.pairs, lambda on, out: run_switched(args, "model.trim_top_block", on, out))
+    results, ratio = switch_pairs(args.pairs, lambda on, out: run_switched(args, "task.trim_top_block", on, out))
     assert all(r["throughput"]["trimmed_top_block"] is trim for runs in results for trim, r in runs.items())
     rows = [
         f"| {pair} | {'trimmed' if trim else 'whole'} | {r['samples_per_second']:.1f} | "

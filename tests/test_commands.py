@@ -197,7 +197,7 @@ def test_a_fully_fine_tuned_run_exports_as_it_is(tiny_recipe, tmp_path, sample_b
     batch = sample_batch(AutoTokenizer.from_pretrained(tmp_path / "export"))
     restored = restore_tiny(tmp_path / "run", methods={"full": {}}).model.eval()
     with torch.no_grad():
-        # adapt trims the top block (model.trim_top_block), plain transformers does not: equal up to rounding
+        # adapt trims the top block (task.trim_top_block), plain transformers does not: equal up to rounding
         torch.testing.assert_close(model(**batch).logits, restored(**batch).logits, rtol=1e-5, atol=1e-6)
 
 

@@ -149,7 +149,7 @@ def traces(tmp_path_factory, tiny_bert_dir, toy_data):
         trace("resume", ["run", str(path), "--resume"])
         trace("eval", ["eval", str(folder / "run"), "--json"])
         trace("predict", ["predict", str(folder / "run"), "--json", "w1 good"])
-        trace("export", ["export", str(folder / "run"), str(folder / "exported")])
+        trace("export", ["export", str(folder / "run"), str(folder / "exported"), "--merge"])
     finally:
         mp.undo()
     return traces

@@ -38,7 +38,7 @@ def test_full_trains_every_parameter_and_saves_a_standalone_model(
     standalone = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
     batch = sample_batch(run.tokenizer)
     with torch.inference_mode():
-        # adapt trims the top block (model.trim_top_block), plain transformers does not: equal up to rounding
+        # adapt trims the top block (task.trim_top_block), plain transformers does not: equal up to rounding
         logits = run.unwrapped_model.eval()(**batch).logits
         torch.testing.assert_close(standalone(**batch).logits, logits, rtol=1e-5, atol=1e-6)
     assert_restores_identical_logits(run, restore_tiny, sample_batch, tmp_path / "run", methods={"full": {}})

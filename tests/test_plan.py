@@ -360,7 +360,7 @@ def test_the_plans_meta_model_has_the_real_models_parameters(methods, tiny_recip
 
     # the top block whole: of 2 blocks, a trimmed top block keeps little more than its input, so checkpointing
     # would keep more than it saves and the comparison below would not hold
-    recipe_path = tiny_recipe(methods=methods, model={"trim_top_block": False})
+    recipe_path = tiny_recipe(methods=methods, task={"trim_top_block": False})
     plan = _plan(recipe_path, "cpu")
     catalogue = Catalogue.discover()
     run, hooks = start_run(load_recipe(recipe_path, catalogue.infos), catalogue)

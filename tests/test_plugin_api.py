@@ -284,3 +284,161 @@ def test_a_head_subclass_missing_a_declaration_is_a_broken_plugin_naming_it():
     catalogue = Catalogue.discover(extra={"incomplete": Incomplete})
     assert "incomplete" not in catalogue.entries
     assert "abstract" in catalogue.broken["incomplete"] and "encode" in catalogue.broken["incomplete"]
+
+
+# --- what a third-party head or method needs from the public API -----------------------------------------------
+
+
+def test_a_recipe_error_takes_a_message_as_a_plugin_raises_it():
+    from adapt import RecipeError
+
+    error = RecipeError("methods.bias-only.rate: must be below 1")
+    assert str(error) == "methods.bias-only.rate: must be below 1" and error.exit_code == 2
+    assert error.problems == ["methods.bias-only.rate: must be below 1"]
+    listed = RecipeError("r.toml", ["a: bad", "b: worse"])
+    assert str(listed).splitlines() == ["r.toml: 2 problems in the recipe", "  - a: bad", "  - b: worse"]
+
+
+def _ids_head():
+    """A sequence-classification head whose collator passes each example's index on to its metrics."""
+    import torch
+
+    from adapt_sequence_classification import SequenceClassification
+
+    seen: list[int] = []
+
+    class WithIds(SequenceClassification):
+        def collator(self, run):
+            pad = super().collator(run)
+
+            def collate(rows):
+                batch = pad([{k: v for k, v in r.items() if k != "example_index"} for r in rows])
+                batch["example_index"] = torch.tensor([r["example_index"] for r in rows])
+                return batch
+
+            return collate
+
+        def encode(self, run, dataset):
+            encoded = super().encode(run, dataset)
+            return encoded.map(lambda row, i: {"example_index": i}, with_indices=True)
+
+        def make_metrics(self, run):
+            metrics = super().make_metrics(run)
+            update = metrics.update
+
+            def keep(outputs, batch):
+                seen.extend(batch["example_index"].tolist())  # per-example data reaches the metrics...
+                update(outputs, batch)
+
+            metrics.update = keep
+            return metrics
+
+    return WithIds, seen
+
+
+def test_batch_keys_of_per_example_data_reach_the_loss_and_metrics_but_never_the_model(run_recipe, tiny_recipe):
+    """Keys beginning with `adapt.EXAMPLE_DATA_PREFIX` ("example_") are the head's: the model is called without
+    them (BERT's forward would refuse an unknown keyword), the loss and the metrics get them."""
+    import adapt
+
+    assert adapt.EXAMPLE_DATA_PREFIX == "example_"
+    assert adapt.model_inputs({"input_ids": 1, "example_index": 2}) == {"input_ids": 1}
+    head, seen = _ids_head()
+    trained = run_recipe(tiny_recipe(task={"head": "with-ids", "text_column": "sentence"}), plugins={"with-ids": head})
+    evaluated = len(trained.run.encoded["eval"])
+    assert sorted(seen[-evaluated:]) == list(range(evaluated))  # the last evaluation saw every example once
+    assert trained.summary["eval"]["accuracy"] >= 0
+
+
+def test_metric_names_are_known_before_the_first_training_step(run_recipe, tiny_recipe):
+    names = {}
+
+    class Monitor:
+        def adapt_on_train_start(self, run):
+            names["start"] = list(run.metric_names)
+
+    trained = run_recipe(tiny_recipe(), plugins={"monitor": Monitor()})
+    assert names["start"] == ["accuracy", "macro_f1", "loss"] == list(trained.summary["eval"])
+
+
+@pytest.mark.parametrize("head", ["multi-label", "regression", "token-classification", "causal-lm"])
+def test_every_built_in_heads_metrics_name_what_they_compute(head):
+    from adapt.plugin.manager import Catalogue
+
+    factory = Catalogue.discover().entries[head].factory
+    module = __import__(factory.__module__.split(".")[0] + ".metrics", fromlist=["x"])
+    classes = [c for n, c in vars(module).items() if n.endswith("Metrics") and isinstance(c, type)]
+    assert classes and all(callable(getattr(c, "names", None)) for c in classes), head
+
+
+def test_the_default_prediction_tensor_names_the_hook_when_the_model_has_no_logits():
+    from types import SimpleNamespace
+
+    from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+    from adapt import AdaptError
+    from adapt.plugin.defaults import adapt_prediction_tensor
+
+    run = SimpleNamespace(recipe=SimpleNamespace(head="extractive-qa"))
+    outputs = QuestionAnsweringModelOutput(start_logits=1, end_logits=2)
+    with pytest.raises(AdaptError, match="head 'extractive-qa' returns no `logits` .*start_logits, end_logits.*"):
+        adapt_prediction_tensor(run=run, outputs=outputs)
+
+
+def test_export_merge_compares_what_the_head_names(tiny_recipe, tmp_path, monkeypatch):
+    """`adapt export --merge` checks the merged model on the head's prediction tensor, not on `.logits` itself."""
+    from adapt.commands.cli import main
+    from adapt.plugin.manager import Catalogue
+    from adapt_sequence_classification import SequenceClassification
+
+    asked = []
+
+    class Probabilities(SequenceClassification):
+        def prediction_tensor(self, outputs):
+            asked.append(outputs.logits.shape)
+            return outputs.logits.softmax(-1)
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    discover = Catalogue.discover.__func__
+    monkeypatch.setattr(Catalogue, "discover", classmethod(lambda cls, e=None: discover(cls, {"probs": Probabilities})))
+    recipe = tiny_recipe(task={"head": "probs", "text_column": "sentence"}, train={"epochs": 1})
+    assert main(["run", str(recipe)]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--merge"]) == 0
+    assert asked and (tmp_path / "out" / "adapt_export.json").is_file()
+    assert main(["predict", str(tmp_path / "run"), "w1 good", "--json"]) == 0  # format gets the same tensor's rows
+
+
+def test_a_head_that_windows_its_rows_gets_every_window_of_a_row_in_format(run_recipe, tiny_recipe):
+    import adapt
+    from adapt_sequence_classification import SequenceClassification
+
+    formatted = []
+
+    class Windows(SequenceClassification):
+        def prediction_inputs(self, run, rows):
+            given, features = super().prediction_inputs(run, rows)
+            windows = [
+                {**f, adapt.WINDOW_OF: row, "input_ids": f["input_ids"][: len(f["input_ids"]) - cut]}
+                for row, f in enumerate(features)
+                for cut in (0, 1)  # two windows of each row: all of it, and all but its last token
+            ]
+            for window in windows:
+                window["attention_mask"] = [1] * len(window["input_ids"])
+                window.pop("token_type_ids", None)
+            return given, windows
+
+        def collator(self, run):
+            pad = super().collator(run)
+            return lambda rows: pad([{k: v for k, v in r.items() if k != adapt.WINDOW_OF} for r in rows])
+
+        def format(self, run, given, logits, features):
+            formatted.append((given, [tuple(t.shape) for t in logits], [len(f["input_ids"]) for f in features]))
+            return {"text": given, "windows": len(logits)}
+
+    trained = run_recipe(tiny_recipe(task={"head": "windows", "text_column": "sentence"}), plugins={"windows": Windows})
+    head = Windows()  # the trained run's model, predicting through the head's own adapt_predict
+    head.names = ["0", "1"]
+    predictions = head.adapt_predict(trained.run, [{"sentence": "w1 w2 w3"}, {"sentence": "w4 good"}])
+    assert predictions == [{"text": "w1 w2 w3", "windows": 2}, {"text": "w4 good", "windows": 2}]
+    (_, shapes, lengths), _ = formatted
+    assert shapes == [(2,), (2,)] and lengths[0] == lengths[1] + 1  # both windows of the row, in order

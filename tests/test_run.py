@@ -97,7 +97,7 @@ def test_adapter_reloads_with_plain_peft_and_gives_the_same_logits(train_tiny, s
     reloaded = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
     with torch.inference_mode():
         expected = trained(**batch).logits
-        # adapt trims the top block (model.trim_top_block), plain PEFT does not: equal up to rounding
+        # adapt trims the top block (task.trim_top_block), plain PEFT does not: equal up to rounding
         torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=1e-5, atol=1e-6)
 
 

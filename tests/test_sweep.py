@@ -72,10 +72,33 @@ def test_a_pruned_trial_stops_at_its_evaluation_and_finishes_as_a_run(sweep, tmp
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [4]
     summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
-    assert summary["steps"] == 4 and "pruned" in summary["stopped_early"]
+    assert summary["steps"] == 4 and "pruned" in summary["stopped_early"] and summary["stop_kind"] == "pruned"
     evals = [json.loads(line) for line in (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").open()]
     assert [e["step"] for e in evals if e["kind"] == "eval"] == [4]  # the final evaluation reused step 4's
     assert not (tmp_path / "sweep" / "best.toml").exists()
+
+
+def test_an_early_stopped_trial_is_a_completed_trial_with_its_final_metric(sweep, tmp_path):
+    from optuna.trial import TrialState
+
+    # every trial stops early (an early-stopping plugin's decision), none is pruned: the study still has a best
+    study = sweep(plugins={"stop": StopAt(5)}, sampler="random", trials=2, pruner={"kind": "none"}).run()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert summary["steps"] == 5 and summary["stop_kind"] == "early-stopped"
+        assert trial.value == summary["eval"]["accuracy"] and trial.user_attrs["stopped_early"] == "enough"
+    assert (tmp_path / "sweep" / "best.toml").is_file()
+
+
+def test_a_stop_of_an_unknown_kind_is_refused():
+    from adapt import Run
+
+    run = Run(recipe=None, accelerator=None, output_dir=Path("."))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kind must be one of early-stopped, pruned"):
+        run.request_stop("why", kind="finished")  # type: ignore[arg-type]
+    run.request_stop("why")
+    assert (run.stop_reason, run.stop_kind) == ("why", "early-stopped")
 
 
 class StopOnce:
@@ -280,6 +303,7 @@ def test_a_plugin_can_end_training_early(tiny_recipe, monkeypatch):
     recipe = load_recipe(tiny_recipe(), catalogue.infos)
     summary = run_recipe(recipe, catalogue)
     assert summary["steps"] == 5 and summary["stopped_early"] == "enough"
+    assert summary["stop_kind"] == "early-stopped"
     assert run_status(Path(recipe.output.dir)) == "finished"  # evaluated, saved, a run like any other
     assert (Path(recipe.output.dir) / "adapter" / "adapter_config.json").is_file()
 

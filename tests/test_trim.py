@@ -1,4 +1,4 @@
-"""model.trim_top_block: the top block of a first-token classifier computes only the first token's row, and the
+"""task.trim_top_block: the top block of a first-token classifier computes only the first token's row, and the
 classifier's outputs and every gradient are those of the whole block."""
 
 from __future__ import annotations
@@ -159,5 +159,24 @@ def test_a_run_trims_and_the_prefix_cache_keeps_it(train_tiny):
     run, _, summary = train_tiny(methods={"head-only": {}}, output={"overwrite": True}, train={"epochs": 2})
     assert summary["head-only"]["hits"] > 0
     assert is_trimmed(run.unwrapped_model) and summary["throughput"]["trimmed_top_block"] is True
+    _, _, summary = train_tiny(task={"trim_top_block": False}, output={"overwrite": True})
+    assert summary["throughput"]["trimmed_top_block"] is False
+    # the key of recipes and run directories written before the trim was the head's still turns it off
     _, _, summary = train_tiny(model={"trim_top_block": False}, output={"overwrite": True})
     assert summary["throughput"]["trimmed_top_block"] is False
+
+
+def test_the_trim_is_the_heads_a_head_that_does_not_declare_it_keeps_the_whole_block(train_tiny, monkeypatch):
+    from adapt_sequence_classification import SequenceClassification
+
+    monkeypatch.setattr(SequenceClassification, "reads_first_token", False)  # a head whose task reads every row
+    run, _, summary = train_tiny()
+    assert summary["throughput"]["trimmed_top_block"] is False and not is_trimmed(run.model)
+
+
+@pytest.mark.parametrize("head", ["multi-label", "regression"])
+def test_the_other_first_token_heads_trim_too(head):
+    from adapt.plugin.manager import Catalogue
+
+    entry = Catalogue.discover().entries[head]
+    assert entry.factory.reads_first_token is True and "trim_top_block" in entry.info.table.model_fields

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class AdaptError(Exception):
     """A failure with a message meant for the user. `exit_code` is what the CLI returns."""
@@ -14,7 +16,14 @@ class RecipeError(AdaptError):
 
     exit_code = 2
 
-    def __init__(self, source: str, problems: list[str], what: str = "the recipe"):
+    def __init__(self, source: str, problems: Sequence[str] | None = None, what: str = "the recipe"):
+        """`RecipeError(message)`: one problem, printed as it is (what a plugin raises: name the key,
+        `"methods.bias-only.rate: must be below 1"`); `RecipeError(source, problems)`: every problem of a
+        recipe file, under one line naming it."""
+        if problems is None:
+            self.source, self.problems = "", [source]
+            super().__init__(source)
+            return
         self.source = source
         self.problems = list(problems)
         count = len(self.problems)

@@ -48,11 +48,11 @@ if TYPE_CHECKING:
     from adapt.run.context import Run
     from adapt.types import Metrics, PluginInfo
 
-#: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook, a parameter or a PluginInfo field is added (1.1:
-#: ``adapt_on_model_loaded``; 1.2: capabilities, ``PluginInfo.provides/needs/runs_after``, with ``after`` and
-#: ``needs_one_of`` deprecated until 2.0), MAJOR when one changes meaning or goes. A plugin states the version it
-#: needs in ``PluginInfo.requires_api``; it is refused, with both versions named, unless MAJOR is the same and MINOR
-#: at least as high.
+#: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook, a parameter or a PluginInfo field is added
+#: (1.1: ``adapt_on_model_loaded``; 1.2: capabilities, ``PluginInfo.provides/needs/runs_after``,
+#: ``adapt_prediction_tensor``, with ``after`` and ``needs_one_of`` deprecated until 2.0), MAJOR when one changes
+#: meaning or goes. A plugin states the version it needs in ``PluginInfo.requires_api``; it is refused, with both
+#: versions named, unless MAJOR is the same and MINOR at least as high.
 HOOK_API = "1.2"
 
 hookspec = pluggy.HookspecMarker("adapt")
@@ -321,6 +321,21 @@ def adapt_predict(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]] 
         table). Texts given on the command line arrive as ``{"text": TEXT}``; a head whose text column has
         another name reads the key "text" when its own column is absent.
     :return: one JSON-serialisable dict per row, in order.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_prediction_tensor(run: Run, outputs: Any) -> torch.Tensor | None:
+    """Name the tensor of the model's outputs that stands for its prediction, batch first.
+
+    Called on every batch by ``adapt export --merge``, which compares this tensor of the exported model with the
+    run's, and by ``adapt.Head``'s ``adapt_predict``, which hands each example's row of it to ``Head.format``.
+    Per-token tensors (batch, length, ...) are cut to each example's real tokens. ``firstresult``: the head answers
+    (``adapt.Head`` returns ``Head.prediction_tensor(outputs)``); without an answer the core takes
+    ``outputs.logits``, and a model whose outputs have none is an error naming this hook.
+
+    :param outputs: what the model returned for one batch (called without labels).
+    :return: a tensor, e.g. ``outputs.logits``, or start and end logits stacked for extractive QA.
     """
 
 

@@ -124,3 +124,7 @@ class Metrics(Protocol):
 
     def compute(self) -> dict[str, float]: ...
 
+    # Optional: `names()`, the keys `compute` will return. The core asks a fresh metrics object before the first
+    # training step and keeps the answer in `run.metric_names`, so that a sweep's objective or a plugin's monitored
+    # metric that the head never reports is refused before training, not at the first evaluation.
+

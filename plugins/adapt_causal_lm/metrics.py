@@ -39,6 +39,9 @@ class PerplexityMetrics:
         self.tokens += other.tokens
         self.correct += other.correct
 
+    def names(self) -> list[str]:
+        return ["loss", "perplexity", "token_accuracy"]
+
     def compute(self) -> dict[str, float]:
         if not self.tokens:
             return {"loss": 0.0, "perplexity": 1.0, "token_accuracy": 0.0}

@@ -12,9 +12,9 @@ from pydantic import Field, model_validator
 
 from adapt import (
     DataError,
+    FirstTokenInputs,
     Head,
     Run,
-    TextInputs,
     encode_splits,
     first_split,
     require_columns,
@@ -23,7 +23,7 @@ from adapt import (
 from adapt_multi_label.metrics import MultiLabelMetrics
 
 
-class MultiLabelTable(TextInputs):
+class MultiLabelTable(FirstTokenInputs):
     label_column: str | None = None
     """A column holding each row's labels, as a list of names or of integer ids ..."""
     label_columns: list[str] | None = Field(default=None, min_length=1)
@@ -92,6 +92,7 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, column, co
 
 class MultiLabel(Head):
     table = MultiLabelTable
+    reads_first_token = True  # its classifier reads the [CLS] row only
     summary = "several labels per text; micro/macro F1"
 
     def resolve_names(self, run: Run) -> list[str]:

@@ -46,6 +46,9 @@ class MultiLabelMetrics:
         self.examples += other.examples
         self.loss_sum += other.loss_sum
 
+    def names(self) -> list[str]:
+        return ["micro_f1", "macro_f1", "micro_precision", "micro_recall", "subset_accuracy", "loss"]
+
     def compute(self) -> dict[str, float]:
         import torch
 

@@ -12,9 +12,9 @@ from pydantic import Field
 
 from adapt import (
     DataError,
+    FirstTokenInputs,
     Head,
     Run,
-    TextInputs,
     encode_splits,
     first_split,
     hookimpl,
@@ -24,7 +24,7 @@ from adapt import (
 from adapt_regression.metrics import RegressionMetrics
 
 
-class RegressionTable(TextInputs):
+class RegressionTable(FirstTokenInputs):
     target_columns: list[str] = Field(default=["label"], min_length=1)
     """Numeric columns to predict, one model output each."""
 
@@ -44,6 +44,7 @@ def check_numeric(dataset, targets: list[str]) -> None:
 
 class Regression(Head):
     table = RegressionTable
+    reads_first_token = True  # its classifier reads the [CLS] row only
     summary = "real-valued targets; MSE, Pearson, Spearman"
     state_file = "targets.json"
     state_key = "targets"

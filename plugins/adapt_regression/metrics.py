@@ -46,6 +46,11 @@ class RegressionMetrics:
         self.predictions.extend(other.predictions)
         self.labels.extend(other.labels)
 
+    def names(self) -> list[str]:
+        per_target = ["pearson", "spearman", "mse", "mae"]
+        own = [f"{name}_{target}" for name in per_target for target in self.targets] if len(self.targets) > 1 else []
+        return [*per_target, "rmse", *own]
+
     def compute(self) -> dict[str, float]:
         import torch
 

@@ -8,9 +8,9 @@ from pydantic import Field
 
 from adapt import (
     DataError,
+    FirstTokenInputs,
     Head,
     Run,
-    TextInputs,
     encode_splits,
     first_split,
     hookimpl,
@@ -21,7 +21,7 @@ from adapt_sequence_classification.labels import check_known_labels, class_weigh
 from adapt_sequence_classification.metrics import ClassificationMetrics
 
 
-class SequenceClassificationTable(TextInputs):
+class SequenceClassificationTable(FirstTokenInputs):
     label_column: str = "label"
     """The column holding each example's class: a name, or an id."""
     num_labels: int | None = Field(default=None, ge=2)
@@ -53,6 +53,8 @@ class SequenceClassification(Head):
     """Registered per run (a class entry point), so the label list is this run's."""
 
     table = SequenceClassificationTable
+
+    reads_first_token = True  # its classifier reads the [CLS] row only
     summary = "one label per text; accuracy, macro-F1"
 
     def __init__(self) -> None:

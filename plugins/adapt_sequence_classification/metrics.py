@@ -31,6 +31,9 @@ class ClassificationMetrics:
         self.confusion += other.confusion
         self.loss_sum += other.loss_sum
 
+    def names(self) -> list[str]:
+        return ["accuracy", "macro_f1", "loss"]
+
     def compute(self) -> dict[str, float]:
         import torch
 

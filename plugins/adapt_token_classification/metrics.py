@@ -40,6 +40,9 @@ class EntityMetrics:
         self.pred.extend(other.pred)
         self.loss_sum += other.loss_sum
 
+    def names(self) -> list[str]:
+        return ["f1", "precision", "recall", "token_accuracy", "loss"]
+
     def compute(self) -> dict[str, float]:
         from seqeval.metrics import f1_score, precision_score, recall_score
 

@@ -65,7 +65,7 @@ def export_run(
         run.tokenizer.save_pretrained(tmp)
         if merge:
             record["check"] = _check(
-                run, tmp, features, collate, reference, run.merge_tolerance if atol is None else atol
+                run, tmp, features, collate, reference, run.merge_tolerance if atol is None else atol, _pick(run, hooks)
             )
         (tmp / "adapt_export.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -75,10 +75,15 @@ def _reference(run: Run, hooks: Hooks, examples: int):
     encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)["eval"]
     features = encoded.select(range(min(examples, len(encoded)))).to_list()
     collate = hooks.make_collator(run=run)
-    return features, collate, example_logits(run, features, collate)
+    return features, collate, example_logits(run, features, collate, _pick(run, hooks))
 
 
-def _check(run: Run, folder: Path, features, collate, reference, atol: float) -> dict[str, Any]:
+def _pick(run: Run, hooks: Hooks):
+    """The head's prediction tensor of a batch's outputs (adapt_prediction_tensor): what the check compares."""
+    return lambda outputs: hooks.prediction_tensor(run=run, outputs=outputs)
+
+
+def _check(run: Run, folder: Path, features, collate, reference, atol: float, pick) -> dict[str, Any]:
     from transformers import PreTrainedModel
 
     merged = run.unwrapped_model
@@ -88,7 +93,7 @@ def _check(run: Run, folder: Path, features, collate, reference, atol: float) ->
             f"one of the methods ({', '.join(run.recipe.methods)}) does not merge"
         )
     run.model = type(merged).from_pretrained(folder).to(run.accelerator.device)
-    result = {**compare(reference, example_logits(run, features, collate)), "atol": atol}
+    result = {**compare(reference, example_logits(run, features, collate, pick)), "atol": atol}
     if result["max_abs_logit_diff"] > atol:
         raise AdaptError(
             f"--merge: the exported model's logits differ from the run's by up to {result['max_abs_logit_diff']:.3g} "

@@ -35,6 +35,12 @@ class TrialFailed(Exception):
     """A trial's run failed (a plugin error, out of memory, a value the recipe refuses): recorded, not fatal."""
 
 
+class SpaceMetricError(AdaptError):
+    """The space file's metric is one the head never reports: every trial would fail the same way (bad input)."""
+
+    exit_code = 2
+
+
 class TrialPruning:
     """The plugin a sweep registers for each trial: every evaluation's objective metric goes to the study,
     and the run stops (finishing normally, `stopped_early` in its summary) when the pruner says so."""
@@ -48,13 +54,22 @@ class TrialPruning:
         return PluginInfo(kind="infrastructure", summary="reports a sweep trial's evaluations to its Optuna pruner")
 
     @hookimpl
+    def adapt_on_train_start(self, run: Run) -> None:
+        if run.metric_names is not None and self.space.metric not in run.metric_names:
+            raise SpaceMetricError(
+                f"space file: metric '{self.space.metric}' is not among the eval metrics of {run.recipe.head}: "
+                f"{', '.join(run.metric_names)} (found before the first training step)"
+            )
+
+    @hookimpl
     def adapt_on_evaluate(self, run: Run, metrics: dict[str, float]) -> None:
         value = metrics.get(self.space.metric)
         if value is None or run.step >= run.max_steps:  # the final evaluation is the trial's value, not a report
             return
         self.trial.report(value, step=run.step)
         if self.trial.should_prune():
-            run.request_stop(f"pruned at step {run.step} ({self.space.metric} {value:.4f}, {self.space.pruner.kind})")
+            reason = f"pruned at step {run.step} ({self.space.metric} {value:.4f}, {self.space.pruner.kind})"
+            run.request_stop(reason, kind="pruned")
 
 
 @dataclass
@@ -150,6 +165,8 @@ class Sweep:
         except Interrupted:
             trial.set_user_attr("interrupted", True)
             raise
+        except SpaceMetricError:
+            raise  # the study's own mistake, not this trial's: stop it here
         except AdaptError as exc:
             trial.set_user_attr("error", str(exc)[:1000])
             raise TrialFailed(str(exc)) from exc
@@ -163,10 +180,12 @@ class Sweep:
                 f"{summary.get('head', 'this head')}: {', '.join(metrics) or 'none'}"
             )
         if summary.get("stopped_early"):
-            import optuna
-
             trial.set_user_attr("stopped_early", summary["stopped_early"])
-            raise optuna.TrialPruned(summary["stopped_early"])
+            # a run stopped early by a plugin (early stopping) is a result; only the pruner's give a trial up
+            if summary.get("stop_kind", "pruned") == "pruned":  # summaries before stop kinds: the pruner's
+                import optuna
+
+                raise optuna.TrialPruned(summary["stopped_early"])
         return metrics[self.space.metric]
 
     @contextmanager

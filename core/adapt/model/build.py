@@ -122,10 +122,6 @@ def load_base_model(run: Run, hooks: Hooks) -> None:
     }
     kwargs.update(hooks.model_load_kwargs(run=run))
     run.model = hooks.load_model(run=run, load_kwargs=kwargs)
-    if run.recipe.model.trim_top_block:
-        from adapt.speed.trim import trim_top_block
-
-        trim_top_block(run.model)
     run._origins = ParameterOrigins(run.model, run.head_prefixes)
     hooks.on_model_loaded(run=run)
 

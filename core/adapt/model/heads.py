@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from adapt.types import Metrics
 
 
+#: The feature key that says which row a feature belongs to, where `Head.prediction_inputs` makes several features of
+#: one row (the windows of a long context): `format` then gets that row's prediction rows and features as lists.
+WINDOW_OF = "example_row"
+
+
 class TextInputs(Table):
     """Recipe keys of a head that reads one text per example, or a pair of texts (subclass it)."""
 
@@ -31,6 +36,17 @@ class TextInputs(Table):
         if self.text_pair_column:
             columns["text_pair_column"] = self.text_pair_column
         return columns
+
+
+class FirstTokenInputs(TextInputs):
+    """The keys of a head whose classifier reads only the first token's last hidden state (a BERT-style sequence
+    classifier's pooler), with `Head.reads_first_token = True`."""
+
+    trim_top_block: bool = True
+    """The top block computes only the first token's row, the one the classifier reads (BERT, RoBERTa, XLM-R,
+    CamemBERT and ELECTRA sequence classifiers): the same outputs and gradients up to rounding, for about 5/6 of that
+    block's work. A hook observing the top block's whole output (distill, mlm, the forgetting probe) makes it compute
+    every row while the hook is there."""
 
 
 def tokenize_texts(examples: dict[str, list], *, tokenizer: Any, text: str, pair: str | None, max_length: int):
@@ -123,6 +139,10 @@ class Head(ABC):
     task_type: ClassVar[str] = "SEQ_CLS"
     state_file: ClassVar[str] = "labels.json"
     state_key: ClassVar[str] = "labels"
+    #: The head's classifier reads only the first token's last hidden state, so the top block may compute that row
+    #: alone (`adapt.trim_top_block`, where the model is a BERT-style sequence classifier): declare it with a
+    #: `FirstTokenInputs` table, whose `trim_top_block` key turns it off.
+    reads_first_token: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -155,6 +175,11 @@ class Head(ABC):
     def prediction_inputs(self, run: Run, rows: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
         """(each row's input as shown in its prediction, each row's features): the rows' texts, tokenised."""
         return encode_texts(run, rows, run.table(self.table))
+
+    def prediction_tensor(self, outputs: Any) -> Any:
+        """The outputs' tensor that stands for the prediction, batch first (`format` gets each example's row of it,
+        and `adapt export --merge` compares it): `outputs.logits` by default."""
+        return outputs.logits
 
     def state(self, run: Run) -> dict[str, Any]:
         """What restores the head without its training data (written to `state_file`)."""
@@ -191,7 +216,13 @@ class Head(ABC):
         from adapt.model.modeling import load_task_model
 
         config = self.config(run, self.output_names(run))
-        return load_task_model(run, self._auto(), load_kwargs, self.task_type, **config)
+        model = load_task_model(run, self._auto(), load_kwargs, self.task_type, **config)
+        if self.reads_first_token and getattr(run.table(self.table), "trim_top_block", True):
+            from adapt.speed.trim import trim_top_block
+
+            if run.recipe.model.trim_top_block is not False:  # the deprecated [model] key, false in an old recipe
+                trim_top_block(model)
+        return model
 
     @hookimpl
     def adapt_encode(self, run: Run, dataset: Any) -> Any:
@@ -206,6 +237,10 @@ class Head(ABC):
         return self.make_metrics(run)
 
     @hookimpl
+    def adapt_prediction_tensor(self, outputs: Any) -> Any:
+        return self.prediction_tensor(outputs)
+
+    @hookimpl
     def adapt_save_artifacts(self, run: Run, directory: Path) -> None:
         save_head_state(directory, self.state(run), self.state_file)
 
@@ -218,7 +253,15 @@ class Head(ABC):
         from adapt.model.inference import example_logits
 
         inputs, features = self.prediction_inputs(run, rows)
-        outputs = example_logits(run, features, self.collator(run))
+        outputs = example_logits(run, features, self.collator(run), self.prediction_tensor)
+        if features and WINDOW_OF in features[0]:  # several features per row (windows): format gets them all
+            windows: list[list[int]] = [[] for _ in inputs]
+            for position, feature in enumerate(features):
+                windows[feature[WINDOW_OF]].append(position)
+            return [
+                self.format(run, given, [outputs[i] for i in found], [features[i] for i in found])
+                for given, found in zip(inputs, windows, strict=True)
+            ]
         return [
             self.format(run, given, logits, example)
             for given, logits, example in zip(inputs, outputs, features, strict=True)

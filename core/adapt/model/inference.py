@@ -11,6 +11,18 @@ from adapt.train.batching import sorted_batches
 if TYPE_CHECKING:
     import torch
 
+#: Batch keys that begin with this never reach the model: per-example data that a head's collator passes on to its
+#: loss and metrics (which example a window belongs to, character offsets). Every other key is a model input.
+EXAMPLE_DATA_PREFIX = "example_"
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without its per-example data (keys beginning with `EXAMPLE_DATA_PREFIX`): what the model is called
+    with. The loss (`adapt_compute_loss`, `adapt_loss_terms`) and the metrics (`Metrics.update`) get the whole batch."""
+    if not any(key.startswith(EXAMPLE_DATA_PREFIX) for key in batch):
+        return batch
+    return {key: value for key, value in batch.items() if not key.startswith(EXAMPLE_DATA_PREFIX)}
+
 
 def forward_batches(
     run: Run, features: Sequence[dict[str, Any]], collate: Callable, batch_size: int = 32
@@ -27,14 +39,20 @@ def forward_batches(
         with torch.inference_mode():
             for indices in sorted_batches([len(f["input_ids"]) for f in features], batch_size):
                 batch = send_to_device(collate([features[i] for i in indices]), run.accelerator.device)
-                yield indices, batch, run.model(**batch)
+                yield indices, batch, run.model(**model_inputs(batch))
     finally:
         run.model.train(was_training)
 
 
-def example_logits(run: Run, features: Sequence[dict[str, Any]], collate: Callable) -> list[torch.Tensor]:
-    """Each example's logits, in example order, as float32 on the CPU; per-token logits are cut to the
-    example's own tokens (no padding), so they line up with its `input_ids` and `labels`."""
+def example_logits(
+    run: Run,
+    features: Sequence[dict[str, Any]],
+    collate: Callable,
+    pick: Callable[[Any], torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Each example's logits (or what `pick(outputs)` takes from the outputs: the head's prediction tensor), in
+    example order, as float32 on the CPU; per-token tensors are cut to the example's own tokens (no padding), so
+    they line up with its `input_ids` and `labels`."""
 
     def without_labels(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # logits alone: given labels, a head may compute logits only where they are (causal-lm's response tokens)
@@ -42,7 +60,7 @@ def example_logits(run: Run, features: Sequence[dict[str, Any]], collate: Callab
 
     found: dict[int, torch.Tensor] = {}
     for indices, batch, outputs in forward_batches(run, features, without_labels):
-        logits = outputs.logits.float().cpu()
+        logits = (pick(outputs) if pick is not None else outputs.logits).float().cpu()
         mask = batch.get("attention_mask")
         for row, index in enumerate(indices):
             value = logits[row]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.errors import DataError
+from adapt.model.inference import model_inputs
 from adapt.plan.device import Device, GiB, gib_text, parse_device
 from adapt.plan.footprint import quantised_weight_bytes
 from adapt.recipe.loader import Recipe
@@ -298,7 +299,7 @@ def make_plan(
     model.train()
 
     def forward() -> tuple[torch.Tensor, Any]:
-        inputs = {k: v for k, v in batch.items() if k != "attention_mask"}  # the mask's checks need real values
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "attention_mask"}  # its checks need values
         outputs = model(**inputs)
         loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
         terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)

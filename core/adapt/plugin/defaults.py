@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adapt import decay_groups, hookimpl
+from adapt import AdaptError, decay_groups, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +25,18 @@ def adapt_compute_loss(outputs: Any) -> torch.Tensor:
     if loss is None:
         raise ValueError("the model returned no loss: the head's collator must put `labels` in the batch")
     return loss
+
+
+@hookimpl(trylast=True)
+def adapt_prediction_tensor(run: Run, outputs: Any) -> torch.Tensor:
+    logits = getattr(outputs, "logits", None)
+    if logits is None:
+        fields = ", ".join(k for k in getattr(outputs, "keys", lambda: [])()) or type(outputs).__name__
+        raise AdaptError(
+            f"the model of head '{run.recipe.head}' returns no `logits` (it returns: {fields}); the head must say "
+            "which output stands for its prediction (adapt_prediction_tensor, or Head.prediction_tensor)"
+        )
+    return logits
 
 
 @hookimpl(trylast=True)

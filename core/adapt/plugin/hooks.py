@@ -192,6 +192,13 @@ class Hooks:
     def predict(self, *, run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self._provided("adapt_predict", self._call("adapt_predict", run=run, rows=rows), "predictions")
 
+    def prediction_tensor(self, *, run: Run, outputs: Any) -> torch.Tensor:
+        return self._provided(
+            "adapt_prediction_tensor",
+            self._call("adapt_prediction_tensor", run=run, outputs=outputs),
+            "the prediction tensor",
+        )
+
     def export_model(self, *, run: Run, merge: bool, plugin: str) -> None:
         self._call("adapt_export_model", self._only("adapt_export_model", plugin), run=run, merge=merge)
 

@@ -30,11 +30,10 @@ class ModelSection(Table):
     """Weights' dtype when loading; "auto" keeps the checkpoint's."""
     trust_remote_code: bool = False
     """Only ever true when the recipe says so."""
-    trim_top_block: bool = True
-    """Where the classifier reads only the first token's hidden state (BERT, RoBERTa, XLM-R, CamemBERT and ELECTRA
-    sequence classifiers), the top block computes only that row: the same outputs and gradients up to rounding, for
-    about 5/6 of that block's work (a sixth of a 6-block model's). A hook observing the top block's whole output
-    (distill, mlm, the forgetting probe) makes it compute every row while the hook is there."""
+    trim_top_block: bool | None = None
+    """Deprecated: the first-token trim is the head's, `task.trim_top_block` (sequence-classification, multi-label,
+    regression). Kept so that recipes and run directories written before hook API 1.2 load; false here still turns
+    the trim off."""
 
 
 class DataSection(Table):

@@ -6,7 +6,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 if TYPE_CHECKING:
     import torch
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from adapt.recipe.loader import Recipe
     from adapt.types import T, Table
 
+
+StopKind = Literal["early-stopped", "pruned"]
+STOP_KINDS: tuple[str, ...] = get_args(StopKind)
 
 @dataclass
 class Run:
@@ -65,16 +68,26 @@ class Run:
     out of the compiled code while it does: dynamo guards on each block's forward."""
     stop_reason: str | None = None
     """Why training ends before ``max_steps``, once a plugin has called ``request_stop``; else None."""
+    metric_names: list[str] | None = None
+    """The names the head's evaluations report (its metrics' `names()`), known before the first training step;
+    None where the head's metrics do not say."""
+    stop_kind: StopKind | None = None
+    """What ended training early: "early-stopped" (the run is a result, e.g. its metric stopped improving) or
+    "pruned" (a sweep's pruner gave the trial up); None while it goes on."""
     _origins: ParameterOrigins | None = field(default=None, init=False, repr=False)
     """Recorded by the core when the head's model is loaded (see `parameter_origin`)."""
 
-    def request_stop(self, reason: str) -> None:
-        """End training after the current optimizer step (early stopping, a sweep pruning a trial). The run
-        then finishes as usual: a final evaluation (this step's, when it has just evaluated), the artifacts and
-        summary.json, whose ``stopped_early`` holds `reason`. The first request wins. With several processes,
-        every process must make the same request (decide from the gathered metrics of ``adapt_on_evaluate``)."""
+    def request_stop(self, reason: str, kind: StopKind = "early-stopped") -> None:
+        """End training after the current optimizer step. The run then finishes as usual: a final evaluation (this
+        step's, when it has just evaluated), the artifacts and summary.json, whose ``stopped_early`` holds `reason`
+        and ``stop_kind`` `kind`: "early-stopped" for a run whose result stands (early stopping: `adapt sweep` counts
+        it as a completed trial, with its final metric), "pruned" for one given up (a sweep's pruner). The first
+        request wins. With several processes, every process must make the same request (decide from the gathered
+        metrics of ``adapt_on_evaluate``)."""
+        if kind not in STOP_KINDS:
+            raise ValueError(f"run.request_stop: kind must be one of {', '.join(STOP_KINDS)}, not {kind!r}")
         if self.stop_reason is None:
-            self.stop_reason = reason
+            self.stop_reason, self.stop_kind = reason, kind
 
     def note(self, message: str) -> None:
         """Print `note: MESSAGE` on stderr, from the main process only. While the progress bar is live it redirects

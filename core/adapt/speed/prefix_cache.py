@@ -8,7 +8,7 @@ the stored states instead. An example is known by its real (unpadded) token ids,
 lands in and however that batch is padded: at real positions the blocks after the prefix see what the prefix
 computed (padding is masked out of attention), bit for bit with float32 storage (a prefix run at another padding
 may differ in the last bits: attention sums over more keys in another order). Where the prefix ends at a top
-block trimmed to the first token's row (`model.trim_top_block`: the classifier reads nothing else), that row is
+block trimmed to the first token's row (`task.trim_top_block`: the classifier reads nothing else), that row is
 all there is to store: one row per example instead of one per token.
 
     cache = serve_frozen_prefix(run, first=len(blocks), dtype="float16", owner="head-only")

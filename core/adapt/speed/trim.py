@@ -38,7 +38,9 @@ NOT_ENCODER = ("encoder_hidden_states", "encoder_attention_mask", "cache", "past
 def trim_top_block(model: Any) -> bool:
     """Make the top block of `model` (a freshly loaded transformers model, before any method wraps it) compute only
     the first token's row. Returns whether it did: False where the model is not one of FIRST_TOKEN_CLASSIFIERS or
-    its top block is not a plain BERT encoder block."""
+    its top block is not a plain BERT encoder block. A head calls it when its task reads only the first token
+    (`Head.reads_first_token`, with the `trim_top_block` key of its `FirstTokenInputs` table): the model class says
+    whether the architecture allows it, the head whether the task does."""
     if type(model).__name__ not in FIRST_TOKEN_CLASSIFIERS:
         return False
     from adapt.model.modeling import find_blocks

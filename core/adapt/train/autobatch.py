@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from adapt.errors import AdaptError
+from adapt.model.inference import model_inputs
 
 if TYPE_CHECKING:
     from adapt.plan.planner import Plan
@@ -72,7 +73,7 @@ def largest_that_runs(run: Run, hooks: Hooks, start: int) -> int:
         batch = send_to_device(collate(longest_rows(train, batch_size)), acc.device)
         try:
             with acc.autocast():
-                outputs = model(**batch)
+                outputs = model(**model_inputs(batch))
                 loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
             loss.backward()
         finally:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from adapt.model.inference import model_inputs
 from adapt.plugin.hooks import Hooks
 from adapt.plugin.manager import Catalogue
 from adapt.run.context import Run
@@ -49,7 +50,7 @@ class Evaluator:
         with torch.inference_mode():
             for batch, counted in zip(self.loader, self.counted, strict=True):
                 batch = send_to_device(batch, acc.device)
-                outputs = run.model(**batch)
+                outputs = run.model(**model_inputs(batch))
                 if counted:
                     metrics.update(outputs, batch)
         run.model.train(was_training)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from adapt.errors import AdaptError
 from adapt.model.build import encode, token_lengths
+from adapt.model.inference import model_inputs
 from adapt.plugin.hooks import Hooks
 from adapt.run.checkpoint import Checkpointer
 from adapt.run.context import Run
@@ -118,6 +119,8 @@ class TrainingLoop:
             self._restore(state)
             run.resumed_from = checkpoint
             hooks.load_checkpoint_state(run=run, states=plugin_states)
+        names = getattr(hooks.make_metrics(run=run), "names", None)  # before training: checked by whoever needs them
+        run.metric_names = list(names()) if callable(names) else None
         hooks.on_train_start(run=run)
         self.stop.graceful = True
         try:
@@ -157,7 +160,7 @@ class TrainingLoop:
             for batch in loader:
                 with acc.accumulate(model):
                     with flops.first(batch, compiled):  # counts the run's first micro-batch only
-                        outputs = model(**batch)
+                        outputs = model(**model_inputs(batch))
                         loss = hooks.compute_loss(run=run, batch=batch, outputs=outputs)
                         terms = hooks.loss_terms(run=run, batch=batch, outputs=outputs)
                         guard.observe(run.step + 1, loss, terms)
@@ -298,7 +301,7 @@ class TrainingLoop:
         if run.resumed_from is not None:
             stats["resumed_from"] = str(run.resumed_from)
         if run.stop_reason is not None:
-            stats["stopped_early"] = run.stop_reason
+            stats["stopped_early"], stats["stop_kind"] = run.stop_reason, run.stop_kind
         return stats
 
 
