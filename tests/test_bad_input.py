@@ -237,10 +237,10 @@ def test_eval_on_a_file_with_a_label_the_run_never_saw_is_one_message(tiny_recip
     assert "'7'" in err and "row 2" in err and "0, 1" in err
 
 
-def test_tokens_and_tags_of_different_lengths_are_refused_naming_the_row(tiny_recipe, toy_ner, tmp_path, capsys):
+def _ner_run_with_fourth_row(tiny_recipe, toy_ner, tmp_path, fourth) -> int:
+    """`adapt run` of the toy NER set whose training row 4 is `fourth(row 4 as it was)`; its exit code."""
     lines = toy_ner["train"].read_text().splitlines()
-    row = json.loads(lines[3])
-    lines[3] = json.dumps({"tokens": row["tokens"], "ner_tags": row["ner_tags"][:-1]})
+    lines[3] = json.dumps(fourth(json.loads(lines[3])))
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(lines) + "\n")
     recipe = tiny_recipe(
@@ -248,7 +248,18 @@ def test_tokens_and_tags_of_different_lengths_are_refused_naming_the_row(tiny_re
         task={"head": "token-classification", "tokens_column": "tokens", "tags_column": "ner_tags"},
         train={"epochs": 1},
     )
-    assert main(["run", str(recipe)]) == 2
+    return main(["run", str(recipe)])
+
+
+def test_tokens_and_tags_of_different_lengths_are_refused_naming_the_row(tiny_recipe, toy_ner, tmp_path, capsys):
+    rows = []
+
+    def shorter_tags(row):
+        rows.append(row)
+        return {"tokens": row["tokens"], "ner_tags": row["ner_tags"][:-1]}
+
+    assert _ner_run_with_fourth_row(tiny_recipe, toy_ner, tmp_path, shorter_tags) == 2
+    (row,) = rows
     err = " ".join(capsys.readouterr().err.split())
     assert "row 4" in err and "train" in err and f"{len(row['tokens'])} tokens" in err
     assert f"{len(row['ner_tags']) - 1} tags" in err
@@ -318,3 +329,140 @@ def test_a_read_only_output_folder_is_one_message_before_anything_loads(tiny_rec
     assert main(["run", str(tiny_recipe(train={"epochs": 1}))]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"output.dir: cannot write the run into '{tmp_path / 'run'}' (Permission denied" in err
+
+
+# --- what a hostile new user found (issue 31): each is one message and exit code 2 --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"train": {"learning_rate": True}}, "train.learning_rate: expected a number, got the boolean true"),
+        ({"train": {"batch_size": False}}, "train.batch_size: expected a number, got the boolean false"),
+        ({"methods": {"lora": {"alpha": True}}}, "methods.lora.alpha: expected a number, got the boolean true"),
+        ({"train": {"seed": -1}}, "train.seed: Input should be greater than or equal to 0"),
+        ({"train": {"seed": 99999999999999999999}}, "train.seed: Input should be less than or equal to 4294967295"),
+        ({"train": {"epochs": 1e308}}, "train.epochs: Input should be less than or equal to 100000"),
+        ({"task": {"label_names": ["a", "a"]}}, "task.label_names: each class needs a name of its own; repeated: 'a'"),
+    ],
+    ids=["bool-float", "bool-int-or-auto", "bool-plugin-table", "seed-negative", "seed-huge", "epochs-huge", "names"],
+)
+def test_values_that_would_train_something_else_are_refused(tiny_recipe, capsys, changes, problem):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tiny_recipe(**changes), Catalogue.discover().infos)
+    assert any(problem in p for p in info.value.problems), info.value.problems
+    assert main(["check", str(tiny_recipe(**changes))]) == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_booleans_still_set_boolean_keys(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(train={"fast_dropout": False}), Catalogue.discover().infos)
+    assert recipe.train.fast_dropout is False
+
+
+def test_a_recipe_that_is_not_utf8_is_one_message(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[model]\nname = "caf\xe9"\n'.encode("latin-1"))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text: byte 0xe9 on line 2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("methods", "problem"),
+    [
+        ({"lora": {"target_modules": ["nonexistent"]}}, "methods.lora.target_modules: ['nonexistent'] names no module"),
+        ({"adapters": {"reduction_factor": 1000}}, "methods.adapters.reduction_factor: 1000 leaves no bottleneck"),
+    ],
+    ids=["lora-targets", "adapters-width"],
+)
+def test_a_method_setting_that_trains_nothing_is_a_recipe_problem(tiny_recipe, capsys, methods, problem):
+    assert main(["check", str(tiny_recipe(methods=methods))]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err
+    if "lora" in methods:
+        assert "query" in err and "dense" in err  # the names the model's linear layers go by
+
+
+def test_a_resume_from_no_checkpoint_and_a_predict_of_nothing_are_bad_input(tiny_recipe, train_tiny, capsys):
+    assert main(["run", str(tiny_recipe()), "--resume", "/no/such/checkpoint"]) == 2
+    assert "is not a complete checkpoint" in capsys.readouterr().err
+    run, _, _ = train_tiny(output={"overwrite": True})
+    assert main(["predict", str(run.output_dir)]) == 2
+    assert "give one or more TEXT arguments or --file FILE" in capsys.readouterr().err
+
+
+def test_a_plan_from_json_that_is_no_model_config_is_one_message(tiny_recipe, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"learning_rate": 3e-4}))
+    assert main(["plan", str(tiny_recipe()), "--model-config", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "--model-config:" in err and "is not a transformers model config: it has no model_type" in err
+    assert "Traceback" not in err
+
+
+def test_a_sweep_storage_that_is_no_journal_is_refused_and_left_as_it_was(tiny_recipe, tmp_path, capsys):
+    recipe = tiny_recipe()
+    before = recipe.read_bytes()
+    space = tmp_path / "space.toml"
+    space.write_text('metric = "accuracy"\n[params]\n"train.learning_rate" = [0.01, 0.02]\n')
+    assert main(["sweep", str(recipe), "--space", str(space), "--storage", str(recipe), "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an Optuna journal" in err and "Traceback" not in err
+    assert recipe.read_bytes() == before
+
+
+def test_a_finished_run_whose_summary_is_damaged_is_one_message_on_resume(train_tiny, capsys):
+    run, _, _ = train_tiny()
+    (run.output_dir / "summary.json").write_text('{"eval": {"accur')
+    assert main(["run", str(run.output_dir), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json cannot be read" in err and f"adapt eval {run.output_dir}" in err and "Traceback" not in err
+
+
+def test_two_files_joined_with_cat_are_refused_at_the_repeated_header(tiny_recipe, toy, tmp_path, capsys):
+    first = _tsv(tmp_path / "a.tsv", toy.rows(32, seed=1)).read_text()
+    second = _tsv(tmp_path / "b.tsv", toy.rows(32, seed=3)).read_text()
+    joined = tmp_path / "train.tsv"
+    joined.write_text(first + second)  # `cat a.tsv b.tsv`: the second header is row 33's data
+    recipe = tiny_recipe(data={"train_file": str(joined)}, train={"epochs": 1})
+    assert main(["run", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "row 33 of the train split has the label 'label'" in err and "header line" in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"tokens": None, "ner_tags": ["O"]}, "task.tokens_column: row 4 of the train split has no 'tokens' (null)"),
+        ({"tokens": ["EU"], "ner_tags": None}, "task.tags_column: row 4 of the train split has no 'ner_tags' (null)"),
+        ({"tokens": ["EU", None], "ner_tags": ["O", "O"]}, "row 4 of the train split has a null at position 1"),
+    ],
+    ids=["null-tokens", "null-tags", "null-token"],
+)
+def test_null_tokens_or_tags_are_refused_naming_the_row(tiny_recipe, toy_ner, tmp_path, capsys, row, problem):
+    assert _ner_run_with_fourth_row(tiny_recipe, toy_ner, tmp_path, lambda _: row) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert problem in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_a_target_that_is_not_finite_is_bad_data_naming_the_row(tiny_recipe, toy, tmp_path, capsys, split):
+    def write(path, rows, bad):
+        lines = [json.dumps({"sentence": t, "score": float(y)}) for t, y in rows]
+        if bad:
+            lines[2] = lines[2].replace(lines[2].split(": ")[-1], "Infinity}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    train = write(tmp_path / "train.jsonl", toy.rows(32, seed=1), split == "train")
+    evaluation = write(tmp_path / "eval.jsonl", toy.rows(16, seed=2), split == "eval")
+    recipe = tiny_recipe(
+        data={"train_file": str(train), "eval_file": str(evaluation)},
+        task={"head": "regression", "text_column": "sentence", "target_columns": ["score"]},
+        train={"epochs": 1},
+    )
+    assert main(["run", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"row 3 of the {split} split has 'score' = inf, not a finite number" in err

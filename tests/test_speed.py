@@ -192,3 +192,26 @@ def test_check_does_not_tokenise(tiny_recipe, monkeypatch, capsys):
     assert "tokenising" not in maps
     assert main(["run", str(tiny_recipe())]) == 0  # the recording sees what a run tokenises
     assert "tokenising" in maps
+
+
+def test_the_matmul_peak_is_measured_within_its_time_budget():
+    import time
+
+    from adapt.run import throughput
+
+    for precision in ("bf16", "fp32"):  # bf16 without native support took minutes at a fixed 2048 size
+        throughput._peaks.pop(("cpu", precision), None)
+        started = time.perf_counter()
+        peak = throughput.matmul_peak(torch.device("cpu"), precision, budget_seconds=0.3)
+        assert peak is not None and peak > 0
+        assert time.perf_counter() - started < 3.0
+
+
+def test_a_share_above_the_measured_peak_is_not_given():
+    from adapt.run.throughput import StepFlops, matmul_peak, throughput_summary
+
+    flops = StepFlops()
+    flops.per_token = 1e12  # far more work per token than this CPU's matmuls could do in the time
+    found = throughput_summary(flops, 1000.0, 1.0, torch.device("cpu"), "fp32", 1)
+    assert found["matmul_peak_flops_per_second"] == round(matmul_peak(torch.device("cpu"), "fp32"))
+    assert found["useful_flops_share"] is None and "no share is given" in found["useful_flops_share_note"]

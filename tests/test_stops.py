@@ -306,3 +306,43 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_valid(tiny_recipe, tm
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-3"]  # no half-written step-6
     monkeypatch.setattr(Checkpointer, "_write_own", real)
     assert main(["run", str(tmp_path / "run"), "--resume"]) == 0
+
+
+class _InitialLora:
+    def __init__(self):
+        self.weights = {}
+
+    def adapt_on_train_start(self, run):
+        self.weights = {n: p.detach().clone() for n, p in run.unwrapped_model.named_parameters() if "lora_A" in n}
+
+
+@pytest.mark.parametrize("plan", ["off", "failing after drawing random numbers"])
+def test_the_memory_plan_leaves_every_random_stream_as_it_found_it(tiny_recipe, run_recipe, monkeypatch, plan):
+    import torch
+
+    import adapt.plan.planner
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    planned = _InitialLora()
+    run_recipe(tiny_recipe(), plugins={"initial": planned})
+    real = adapt.plan.planner.make_plan
+
+    def other(*args, **kwargs):
+        if plan != "off":
+            torch.rand(1000)  # as PEFT's initialisation of the plan's model does
+        raise RuntimeError("no plan today")
+
+    monkeypatch.setattr(adapt.plan.planner, "make_plan", other)
+    unplanned = _InitialLora()
+    run_recipe(tiny_recipe(output={"overwrite": True}), plugins={"initial": unplanned})
+    assert planned.weights and planned.weights.keys() == unplanned.weights.keys()
+    assert all(torch.equal(planned.weights[n], unplanned.weights[n]) for n in planned.weights)
+    assert adapt.plan.planner.make_plan is not real
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(train_tiny):
+    run, _, _ = train_tiny(train={"log_every": 1, "warmup_ratio": 0.0, "learning_rate": 0.01})
+    logs = [json.loads(line) for line in (run.output_dir / "metrics.jsonl").read_text().splitlines()]
+    first, second = [r for r in logs if r["kind"] == "train"][:2]
+    assert first["step"] == 1 and first["lr"] == 0.01  # linear decay from 0.01: step 1 trains at the full rate
+    assert second["lr"] < 0.01

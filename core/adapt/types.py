@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import types
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +31,25 @@ class Table(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False, use_attribute_docstrings=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads a TOML boolean as 1 or 0 for a number: `learning_rate = true` is a typo
+        if isinstance(value, bool) and info.field_name and _wants_number(cls.model_fields[info.field_name].annotation):
+            shown = {"value": str(value).lower()}
+            raise PydanticCustomError("number_type", "expected a number, got the boolean {value}", shown)
+        return value
+
+
+def _wants_number(annotation: Any) -> bool:
+    """Whether a field's type is a number (int or float, maybe optional or beside a literal) and never a boolean."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _wants_number(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return bool not in args and any(_wants_number(a) for a in args)
+    return annotation in (int, float)
 
 
 class NoOptions(Table):

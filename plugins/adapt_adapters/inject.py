@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapt import find_blocks
+from adapt import RecipeError, find_blocks
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Tanh}
 ATTENTION_NAMES = ("attention", "attn")
@@ -72,7 +72,12 @@ def inject(model: nn.Module, placement: str, reduction_factor: int, activation: 
     names = []
     for name, layer in adapter_sites(model, placement):
         size = _out_features(layer)
-        adapter = Adapter(size, max(1, size // reduction_factor), activation)
+        if size // reduction_factor < 1:
+            raise RecipeError(
+                f"methods.adapters.reduction_factor: {reduction_factor} leaves no bottleneck on this model, whose "
+                f"projections are {size} wide ({size} // {reduction_factor} = 0 units); use at most {size}"
+            )
+        adapter = Adapter(size, size // reduction_factor, activation)
         weight = next(layer.parameters())
         adapter.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else torch.float32)
         layer.add_module("adapter", adapter)

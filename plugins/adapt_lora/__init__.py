@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapt import Capability, PluginInfo, Run, Table, atomic_dir, decay_groups, hookimpl
+from adapt import Capability, PluginInfo, RecipeError, Run, Table, atomic_dir, decay_groups, hookimpl
 
 ADAPTER_DIR = "adapter"
 
@@ -67,8 +67,25 @@ def lora_config(run: Run):
 def adapt_transform_model(run: Run) -> None:
     from peft import get_peft_model
 
-    run.model = get_peft_model(run.model, lora_config(run))
+    config = lora_config(run)
+    try:
+        run.model = get_peft_model(run.model, config)
+    except ValueError as exc:  # peft's NoMatchingPeftModuleError, or "not found in the base model" in older PEFT
+        if type(exc).__name__ != "NoMatchingPeftModuleError" and "not found in the base model" not in str(exc):
+            raise
+        raise RecipeError(_unknown_targets(run.model, run.table(LoraTable).target_modules)) from None
     _fuse(run)
+
+
+def _unknown_targets(model, targets) -> str:
+    """The recipe problem of target modules the model does not have, with the names its linear layers go by."""
+    import torch
+
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    return (
+        f"methods.lora.target_modules: {targets!r} names no module of this model; its linear layers are named "
+        f"{', '.join(names)} (or use \"all-linear\")"
+    )
 
 
 def _fuse(run: Run) -> None:

@@ -36,10 +36,23 @@ def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, targets, m
 
 
 def check_numeric(dataset, targets: list[str]) -> None:
+    """Every target a finite number in every split: an `inf` or a missing value is bad data, named by its row."""
+    import numpy as np
+
     for column in targets:
         dtype = first_split(dataset).features[column].dtype
         if not (dtype.startswith(("float", "int", "uint")) or dtype == "bool"):
             raise DataError(f"task.target_columns: column '{column}' holds {dtype}, not numbers")
+        for split, data in dataset.items():
+            values = np.asarray(data.with_format("numpy")[column], dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                row, value = int(bad[0]) + 1, float(values[bad[0]])
+                shown = "missing" if np.isnan(value) else f"= {value}"
+                raise DataError(
+                    f"task.target_columns: row {row} of the {split} split has '{column}' {shown}, not a finite "
+                    f"number ({bad.size} such row{'s' if bad.size > 1 else ''}); fix or drop them"
+                )
 
 
 class Regression(Head):

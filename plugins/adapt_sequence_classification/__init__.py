@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from adapt import (
     DataError,
@@ -30,6 +30,14 @@ class SequenceClassificationTable(FirstTokenInputs):
     """Names for the classes in id order (for integer labels), or the id order of string labels."""
     class_weights: list[float] | Literal["balanced"] | None = None
     """Loss weight per class, or "balanced" (inverse class frequency in the training split)."""
+
+    @field_validator("label_names")
+    @classmethod
+    def _one_name_per_class(cls, names: list[str] | None) -> list[str] | None:
+        repeated = sorted({n for n in names or [] if (names or []).count(n) > 1})
+        if repeated:
+            raise ValueError(f"each class needs a name of its own; repeated: {', '.join(map(repr, repeated))}")
+        return names
 
 
 def encode_batch(examples: dict[str, list], *, tokenizer, text, pair, label, mapping, max_length) -> dict[str, Any]:

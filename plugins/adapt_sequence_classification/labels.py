@@ -12,6 +12,7 @@ def label_names(dataset, column: str, num_labels: int | None, names: list[str] |
     found = getattr(feature, "names", None)
     if found:
         return _named(list(found), names, f"column '{column}' has {len(found)} classes")
+    refuse_header_rows(dataset, column)
     # the classes are the training data's; a label only in the eval data is an error (check_known_labels)
     values = set()
     for split in [dataset["train"]] if "train" in dataset else dataset.values():
@@ -69,10 +70,28 @@ def class_weights(train, labels: list[str], weights: list[float] | str | None) -
     return [total / (len(labels) * c) if c else 0.0 for c in counts]
 
 
+def refuse_header_rows(dataset, column: str) -> None:
+    """A label that is the label column's own name is a header line in the middle of a file (two files joined with
+    `cat`), not a class: name its row."""
+    import pyarrow.compute as pc
+
+    for name, split in dataset.items():
+        values = split.with_format("arrow")[column]
+        if not (values.type == "string" or values.type == "large_string"):
+            continue
+        row = pc.index(values, column).as_py()
+        if row >= 0:
+            raise DataError(
+                f"task.label_column: row {row + 1} of the {name} split has the label '{column}', the column's own "
+                "name: a header line in the middle of the file (two files joined with cat?); remove that line"
+            )
+
+
 def check_known_labels(dataset, column: str, labels: list[str], mapping: dict[str, int] | None) -> None:
     """Every row's label is one of the run's classes (the training data's); else name the first that is not,
     instead of a new class appearing from the eval data or an index error in the loss."""
     known = set(mapping) if mapping is not None else set(range(len(labels)))
+    refuse_header_rows(dataset, column)
     for name, split in dataset.items():
         if getattr(split.features[column], "names", None):
             continue  # ClassLabel ids: the dataset itself guarantees them

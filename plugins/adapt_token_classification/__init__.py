@@ -38,12 +38,22 @@ def tag_names(dataset, column: str) -> list[str]:
     if names:
         return list(names)
     tags: set = set()
-    for split in [dataset["train"]] if "train" in dataset else dataset.values():
-        for row in split[column]:
-            tags.update(row)
+    for name, split in dataset.items() if "train" not in dataset else [("train", dataset["train"])]:
+        for row, value in enumerate(split[column], start=1):
+            _refuse_null("task.tags_column", column, name, row, value)
+            tags.update(value)
     if not all(isinstance(t, str) for t in tags):
         raise DataError(f"task.tags_column: column '{column}' must hold lists of tag names or ClassLabel ids")
     return sorted(tags)
+
+
+def _refuse_null(key: str, column: str, split: str, row: int, value: Any) -> None:
+    """A row's tokens or tags must be a list without nulls: a JSON `null` there is bad data, named by row."""
+    if value is None:
+        raise DataError(f"{key}: row {row} of the {split} split has no '{column}' (null); give a list")
+    position = next((i for i, item in enumerate(value) if item is None), None)
+    if position is not None:
+        raise DataError(f"{key}: row {row} of the {split} split has a null at position {position} of '{column}'")
 
 
 def check_rows(dataset, table: TokenClassificationTable, tags: list[str], mapping: dict[str, int] | None) -> None:
@@ -52,6 +62,8 @@ def check_rows(dataset, table: TokenClassificationTable, tags: list[str], mappin
     for name, split in dataset.items():
         words, labels = split[table.tokens_column], split[table.tags_column]
         for row, (w, t) in enumerate(zip(words, labels, strict=True), start=1):
+            _refuse_null("task.tokens_column", table.tokens_column, name, row, w)
+            _refuse_null("task.tags_column", table.tags_column, name, row, t)
             if len(w) != len(t):
                 raise DataError(
                     f"task.tags_column: row {row} of the {name} split has {len(w)} tokens but {len(t)} tags; "

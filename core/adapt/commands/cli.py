@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in output.dir from its newest complete checkpoint (or from CHECKPOINT, a "
         "checkpoints/step-N folder); a finished run is left as it is, and with nothing to resume a new run starts",
     )
+    _trust_option(p, preprocess=False)
     p.add_argument(
         "--ignore-plan",
         action="store_true",
@@ -166,11 +167,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _trust_option(p: argparse.ArgumentParser) -> None:
+def _trust_option(p: argparse.ArgumentParser, preprocess: bool = True) -> None:
+    if preprocess:
+        p.add_argument(
+            "--trust-preprocess",
+            action="store_true",
+            help="run the data.preprocess code that the run's recipe names (a run directory runs no code unasked)",
+        )
     p.add_argument(
-        "--trust-preprocess",
+        "--trust-remote-code",
         action="store_true",
-        help="run the data.preprocess code that the run's recipe names (a run directory runs no code unasked)",
+        help="load a model whose run recipe sets model.trust_remote_code (its folder's or hub repository's own "
+        "Python code runs; a run directory runs no code unasked)",
     )
 
 

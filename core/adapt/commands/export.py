@@ -41,6 +41,7 @@ def export_run(
     overrides: Sequence[str] = (),
     check_examples: int = CHECK_EXAMPLES,
     trust_preprocess: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write the run in `run_dir` to `out` (atomically); returns what `adapt_export.json` records.
 
@@ -49,7 +50,11 @@ def export_run(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdaptError(f"OUT: '{out}' already exists and is not an empty folder; choose a new folder")
     splits = "eval" if merge else None
-    run, hooks = open_run(run_dir, catalogue, overrides, splits=splits, trust_preprocess=trust_preprocess)
+    run, hooks = open_run(
+        run_dir, catalogue, overrides, splits=splits,
+        trust_preprocess=trust_preprocess,
+        trust_remote_code=trust_remote_code,
+    )
     features, collate, reference = _reference(run, hooks, check_examples) if merge else (None, None, None)
     for method in run.recipe.methods:
         hooks.export_model(run=run, merge=merge, plugin=method)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, UsageError
 from adapt.loading.files import load_file, preprocess
 from adapt.plugin.manager import Catalogue
 from adapt.run.restore import open_run
@@ -19,12 +19,17 @@ def predict_run(
     catalogue: Catalogue,
     overrides: Sequence[str] = (),
     trust_preprocess: bool = False,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """The head's predictions for each TEXT (a row {"text": TEXT}), then for each row of `file`, which has
     the columns of the recipe's data and goes through its `data.preprocess` like them."""
     if not texts and file is None:
-        raise AdaptError("predict: give one or more TEXT arguments or --file FILE")
-    run, hooks = open_run(run_dir, catalogue, overrides, splits=None, trust_preprocess=trust_preprocess)
+        raise UsageError("predict: give one or more TEXT arguments or --file FILE")
+    run, hooks = open_run(
+        run_dir, catalogue, overrides, splits=None,
+        trust_preprocess=trust_preprocess,
+        trust_remote_code=trust_remote_code,
+    )
     rows: list[dict[str, Any]] = [{"text": text} for text in texts]
     if file is not None:
         rows.extend(preprocess(load_file(file, "--file"), run.recipe.data.preprocess).to_list())

@@ -24,6 +24,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.overrides,
         data_file=args.data,
         trust_preprocess=args.trust_preprocess,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -51,6 +52,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Catalogue.discover(),
         args.overrides,
         trust_preprocess=args.trust_preprocess,
+        trust_remote_code=args.trust_remote_code,
     )
     for prediction in predictions:
         if args.json:
@@ -89,6 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         check_examples=args.check_examples,
         trust_preprocess=args.trust_preprocess,
+        trust_remote_code=args.trust_remote_code,
     )
     stdout.print(f"exported {args.run_dir} to {args.out} ({'merged' if args.merge else 'not merged'})")
     if "check" in record:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, UsageError
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.plugin.manager import Catalogue
 from adapt.recipe.loader import load_recipe, output_override, recipe_data
@@ -218,6 +218,32 @@ class Sweep:
         atomic_write_text(self.folder / "best.toml", header + tomli_w.dumps(raw))
 
 
+def _check_journal(path: Path, given: bool) -> None:
+    """A journal file that exists must be one: its lines are Optuna's JSON log records. Anything else (a recipe
+    given as --storage by mistake) is refused before Optuna opens, and so before it could append to it."""
+    import json
+
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"--storage: cannot read '{path}' ({exc.strerror or exc})") from None
+    if not first:
+        return  # an empty file: a journal not yet written
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        key = "--storage" if given else "the sweep folder"
+        raise UsageError(
+            f"{key}: '{path}' is not an Optuna journal (its first line is no journal record); give a journal file, "
+            "a new file name, or a database URL such as sqlite:///study.db"
+        )
+
+
 def open_storage(storage: str | None, folder: Path) -> Any:
     """A URL (sqlite:///..., postgresql://..., mysql://...) as Optuna reads it; anything else is a journal
     file (several processes on one machine, or on a shared file system); None: `folder/study.journal`."""
@@ -226,6 +252,7 @@ def open_storage(storage: str | None, folder: Path) -> Any:
     if storage is not None and "://" in storage:
         return storage
     path = Path(storage) if storage is not None else folder / "study.journal"
+    _check_journal(path, given=storage is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend)

@@ -19,6 +19,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.recipe = str(Path(args.recipe) / "recipe.toml")
         args.overrides = [output_override(Path(args.recipe).parent), *args.overrides]
     catalogue, recipe = load_args(args, saved=saved)
+    if saved:
+        from adapt.run.restore import refuse_untrusted_model_code
+
+        refuse_untrusted_model_code(recipe, Path(args.recipe).parent, args.trust_remote_code)
     quiet_libraries()
     from adapt.train.orchestration import run_recipe
 

@@ -129,6 +129,11 @@ def recipe_data(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(str(path), [f"cannot read the recipe: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            str(path), [f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line}; save it as UTF-8"]
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -81,7 +81,7 @@ class DataSection(Table):
 
 
 class TrainSection(Table):
-    epochs: float = Field(default=1.0, gt=0)
+    epochs: float = Field(default=1.0, gt=0, le=100_000)
     """Passes over the training split; a fraction trains on part of the last one."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps (overrides epochs when smaller)."""
@@ -114,8 +114,9 @@ class TrainSection(Table):
     """Evaluate every N optimizer steps (and always after the last step)."""
     log_every: int = Field(default=10, ge=1)
     """Log the averaged training loss every N optimizer steps."""
-    seed: int = 42
-    """Seeds data order, initialisation and dropout: the same seed on one machine gives the same run."""
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Seeds data order, initialisation and dropout: the same seed on one machine gives the same run (0 to 2**32 - 1,
+    as numpy and torch take it)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """"auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16; CPUs with AMX or AVX512-BF16),
     else fp32. summary.json records what was chosen and why."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, UsageError
 from adapt.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def read_info(checkpoint: Path) -> dict[str, Any]:
     try:
         return json.loads((Path(checkpoint) / INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise AdaptError(
+        raise UsageError(
             f"--resume: '{checkpoint}' is not a complete checkpoint (no readable {INFO}); give a folder "
             f"OUTPUT/{CHECKPOINTS}/step-N, or --resume alone for the newest one"
         ) from None

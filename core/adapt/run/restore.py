@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from adapt.errors import AdaptError
 from adapt.plugin.hooks import Hooks
@@ -45,17 +46,30 @@ class MissingPlugins(AdaptError):
     exit_code = 2
 
 
+def refuse_untrusted_model_code(recipe: Any, run_dir: Path, trusted: bool) -> None:
+    """A run directory's recipe that loads its model with `trust_remote_code` runs code that the model's folder or
+    hub repository ships: only with the command line's consent (`--trust-remote-code`)."""
+    if recipe.model.trust_remote_code and not trusted:
+        raise UntrustedCode(
+            f"RUN_DIR: the recipe of '{run_dir}' sets model.trust_remote_code = true: loading '{recipe.model.name}' "
+            "would run the Python code that model ships. Opening a run directory runs no code unasked; if you trust "
+            "that code, run again with --trust-remote-code"
+        )
+
+
 def open_run(
     run_dir: Path,
     catalogue: Catalogue,
     overrides: Sequence[str] = (),
     splits: str | None = "eval",
     trust_preprocess: bool = False,
+    trust_remote_code: bool = False,
 ) -> tuple[Run, Hooks]:
     """The run in `run_dir` with its trained model, ready for inference on the accelerator's device.
 
     `splits` as for `start_run`: "eval" loads the recipe's eval split, None no data at all. A recipe naming
-    `data.preprocess` (code, which a copied run directory brings with it) is refused unless `trust_preprocess`."""
+    `data.preprocess` (code, which a copied run directory brings with it) is refused unless `trust_preprocess`, and
+    one setting `model.trust_remote_code` unless `trust_remote_code`: before anything of the model is read."""
     from adapt.model.build import restore_model, start_run
     from adapt.recipe.loader import load_recipe, output_override
     from adapt.run.report import show_notes
@@ -81,6 +95,7 @@ def open_run(
         notes=notes,
     )
     show_notes(notes)
+    refuse_untrusted_model_code(recipe, run_dir, trust_remote_code)
     if recipe.data.preprocess and not trust_preprocess:
         raise UntrustedCode(
             f"RUN_DIR: the recipe of '{run_dir}' runs Python code on every row: data.preprocess = "

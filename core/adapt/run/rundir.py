@@ -77,6 +77,8 @@ def describe_stop(path: Path) -> str:
 
 def _holder(lock_file: Path) -> str:
     try:
+        if lock_file.is_symlink():
+            return "another process"
         info = json.loads(lock_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "another process"
@@ -90,9 +92,9 @@ def in_use(path: Path) -> bool:
     except ImportError:
         return False
     try:
-        fd = os.open(path / LOCK, os.O_RDONLY)
+        fd = _open_own_file(path / LOCK, os.O_RDONLY)
     except OSError:
-        return False  # no lock file: nobody ever claimed the folder
+        return False  # no lock file (or a link, which no run of ours holds): nobody ever claimed the folder
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -100,6 +102,21 @@ def in_use(path: Path) -> bool:
     finally:
         os.close(fd)  # closing releases a lock taken here
     return False
+
+
+def _open_own_file(path: Path, flags: int) -> int:
+    """`os.open(path, flags)` that never follows a link out of the run directory: a lock file that is a symbolic
+    link (a copied or tampered folder) is replaced by a file of the run's own, and its target is left untouched."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags | nofollow, 0o644)
+    except OSError as exc:
+        if not path.is_symlink():
+            raise
+        if not flags & os.O_CREAT:
+            raise FileNotFoundError(str(path)) from exc  # not a lock of ours: nobody holds it
+        path.unlink()  # removes the link itself, not what it points to
+        return os.open(path, flags | os.O_EXCL | nofollow, 0o644)
 
 
 @dataclass
@@ -114,7 +131,7 @@ class _Lock:
             import fcntl
         except ImportError:  # no flock on this platform: no protection, but no failure either
             return True
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_own_file(self.file, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -79,6 +79,7 @@ def evaluate_run(
     overrides: Sequence[str] = (),
     data_file: str | None = None,
     trust_preprocess: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """The head's metrics for a finished run on its recipe's eval split, or on `data_file` (a local file
     with the same columns, passed through the recipe's `data.preprocess`)."""
@@ -88,7 +89,11 @@ def evaluate_run(
     from adapt.run.restore import open_run
 
     splits = None if data_file else "eval"
-    run, hooks = open_run(run_dir, catalogue, overrides, splits=splits, trust_preprocess=trust_preprocess)
+    run, hooks = open_run(
+        run_dir, catalogue, overrides, splits=splits,
+        trust_preprocess=trust_preprocess,
+        trust_remote_code=trust_remote_code,
+    )
     if data_file:
         run.dataset = preprocess(DatasetDict(eval=load_file(data_file, "--data")), run.recipe.data.preprocess)
     run.encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)

@@ -180,6 +180,7 @@ class TrainingLoop:
                 run.samples_seen += samples
                 if not acc.sync_gradients:
                     continue
+                window.lr = run.scheduler.get_last_lr()[0]  # the rate this step used, as HF Trainer and TRL log
                 run.scheduler.step()
                 run.step += 1
                 hooks.on_step_end(run=run)
@@ -333,6 +334,7 @@ class _LogWindow:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.lr: float | None = None  # the learning rate of the latest optimizer step
         self.reset()
         self.discard()
 
@@ -363,7 +365,7 @@ class _LogWindow:
             "step": run.step,
             "epoch": round(run.step / steps_per_epoch, 4),
             "loss": acc.reduce(self.loss, "mean").item() / n,
-            "lr": run.scheduler.get_last_lr()[0],
+            "lr": self.lr if self.lr is not None else run.scheduler.get_last_lr()[0],
             "samples_per_second": self.samples / max(seconds, 1e-9),
         }
         for name, value in self.terms.items():

@@ -7,9 +7,11 @@ checkpoint exactly: same batches, same random numbers, same weights bit for bit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,7 @@ def run_recipe(
     with StopSignals() as stop:
         claim = _claim(recipe, resume)
         if claim.finished:
-            summary_file = Path(recipe.output.dir) / "summary.json"
-            return json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+            return _finished_summary(Path(recipe.output.dir))
         directory = claim.directory
         try:
             if claim.checkpoint is not None:
@@ -59,6 +60,20 @@ def run_recipe(
             if directory is not None:
                 directory.release()
     return summary
+
+
+def _finished_summary(folder: Path) -> dict[str, Any]:
+    """The summary of a run that had already finished ({} where it wrote none); a damaged one is one message."""
+    summary_file = folder / "summary.json"
+    if not summary_file.is_file():
+        return {}
+    try:
+        return json.loads(summary_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirectoryError(
+            f"the run in '{folder}' has finished, but its summary.json cannot be read ({exc}); its model is saved: "
+            f"`adapt eval {folder}` recomputes the metrics"
+        ) from None
 
 
 def _step_of(exc: BaseException) -> int | None:
@@ -175,6 +190,24 @@ def choose_batch(run: Run, batch: int, how: str) -> None:
         show_notes([f"train.batch_size auto: {cfg.batch_size}{per_step} (from {how})"])
 
 
+@contextlib.contextmanager
+def random_streams_kept() -> Iterator[None]:
+    """Every random stream a run draws from (Python's, numpy's, torch's CPU and CUDA generators) as it was on entry,
+    whatever happens inside: a run's initial weights then depend on its seed alone."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
 def plan_before_loading(run: Run, catalogue: Catalogue, ignore_plan: bool):
     """The memory plan's one line, printed before the weights load; on CUDA a plan over the device's memory
     stops the run here (unless `ignore_plan`). An estimate that cannot be made never stops a run."""
@@ -182,7 +215,8 @@ def plan_before_loading(run: Run, catalogue: Catalogue, ignore_plan: bool):
     from adapt.plan.planner import make_plan
 
     try:
-        plan = make_plan(run.recipe, catalogue, parse_device(run.accelerator.device.type), of_run=run)
+        with random_streams_kept():  # the plan's meta model draws initial values (LoRA's); the run must not see it
+            plan = make_plan(run.recipe, catalogue, parse_device(run.accelerator.device.type), of_run=run)
     except Exception as exc:  # noqa: BLE001 - the run itself may still work
         if run.is_main_process:
             show_notes([f"no memory plan ({type(exc).__name__}: {str(exc)[:200]})"])
