@@ -154,7 +154,7 @@ def test_skip_gives_up_after_too_many_in_a_row(tiny_recipe):
 # --- resuming: what may change ----------------------------------------------------------------------------
 
 
-def interrupted_run(tiny_recipe, tmp_path) -> str:
+def interrupted_run(tiny_recipe, tmp_path, **changes) -> str:
     """A run stopped by SIGTERM (in this process) after step 6, with a checkpoint there."""
     import os
     import signal
@@ -164,7 +164,7 @@ def interrupted_run(tiny_recipe, tmp_path) -> str:
             if run.step == 6:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    recipe = str(tiny_recipe(train={"checkpoint_every": 100}))
+    recipe = str(tiny_recipe(train={"checkpoint_every": 100}, **changes))
     catalogue = Catalogue.discover(extra={"stop": Stop()})
     from adapt.run.interrupts import Interrupted
 
@@ -199,7 +199,7 @@ def test_resume_refuses_changes_to_the_trajectory_and_allows_the_rest(tiny_recip
 
 def test_resume_from_an_explicit_checkpoint_and_from_nothing(tiny_recipe, tmp_path, capsys):
     recipe = interrupted_run(tiny_recipe, tmp_path)
-    assert main(["run", recipe, "--resume", str(tmp_path / "nowhere")]) == 1
+    assert main(["run", recipe, "--resume", str(tmp_path / "nowhere")]) == 2
     assert "is not a complete checkpoint" in capsys.readouterr().err
     checkpoint = tmp_path / "run" / "checkpoints" / "step-6"
     assert main(["run", recipe, "--resume", str(checkpoint)]) == 0
@@ -346,3 +346,134 @@ def test_the_logged_learning_rate_is_the_one_the_step_used(train_tiny):
     first, second = [r for r in logs if r["kind"] == "train"][:2]
     assert first["step"] == 1 and first["lr"] == 0.01  # linear decay from 0.01: step 1 trains at the full rate
     assert second["lr"] < 0.01
+
+
+class _Payload:
+    """Runs a command when unpickled, as a poisoned checkpoint file would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _truncate(name, size=10):
+    def damage(checkpoint):
+        path = checkpoint / name
+        path.write_bytes(path.read_bytes()[:size])
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (_truncate("random_states_0.pkl"), "random_states_0.pkl has 10 bytes of the"),
+        (_truncate("model.safetensors", 100), "model.safetensors has 100 bytes of the"),
+        (lambda c: (c / "optimizer.bin").unlink(), "optimizer.bin is missing"),
+        (None, "trainer_state.pt has"),
+    ],
+    ids=["rng-truncated", "weights-truncated", "optimizer-deleted", "pickle-payload"],
+)
+def test_a_damaged_checkpoint_is_refused_by_name_never_resumed_inexactly(tiny_recipe, tmp_path, capsys, damage, named):
+    import pickle
+
+    recipe = interrupted_run(tiny_recipe, tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-6"
+    ran = tmp_path / "payload-ran"
+    if damage is None:
+        (checkpoint / "trainer_state.pt").write_bytes(pickle.dumps(_Payload(ran)))
+    else:
+        damage(checkpoint)
+    assert main(["run", recipe, "--resume"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"checkpoint {checkpoint} is damaged" in err and named in err and "Traceback" not in err
+    assert "start again with --set output.overwrite=true" in err
+    assert not ran.exists()
+
+
+def test_resuming_on_changed_training_data_is_refused(tiny_recipe, toy_data, tmp_path, capsys):
+    train = tmp_path / "train.tsv"
+    train.write_text(toy_data["train"].read_text())
+    recipe = interrupted_run(tiny_recipe, tmp_path, data={"train_file": str(train)})
+    header, *rows = train.read_text().splitlines()
+    flipped = [f"{r.rsplit(chr(9), 1)[0]}\t{1 - int(r.rsplit(chr(9), 1)[1])}" for r in rows[:5]] + rows[5:]
+    train.write_text("\n".join([header, *flipped]) + "\n")
+    assert main(["run", recipe, "--resume"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the training data is not what" in err and "a data file changed since" in err
+    train.write_text("\n".join([header, *rows]) + "\n")  # the same rows again (a new file date): resumes
+    assert main(["run", recipe, "--resume"]) == 0
+
+
+def test_a_checkpoint_write_that_torch_reports_as_a_runtime_error_is_one_message(
+    tiny_recipe, tmp_path, monkeypatch, capsys
+):
+    from adapt.run import checkpoint
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\nfile write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    assert main(["run", str(tiny_recipe(train={"checkpoint_every": 3}))]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "writing checkpoint" in err and "file write failed" in err and "Traceback" not in err
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))  # nothing half-written stays
+
+
+def test_a_signal_during_the_final_evaluation_stops_the_run_which_resumes_to_the_same_result(tiny_recipe, tmp_path):
+    import os
+    import signal
+
+    from adapt.run.interrupts import Interrupted
+
+    class StopInFinalEvaluation:
+        def adapt_on_evaluate(self, run, metrics):
+            if run.step == run.max_steps:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    recipe = str(tiny_recipe())
+    catalogue = Catalogue.discover(extra={"stop": StopInFinalEvaluation()})
+    with pytest.raises(Interrupted) as stopped:
+        run_recipe(load_recipe(recipe, catalogue.infos), catalogue)
+    run_dir = tmp_path / "run"
+    assert stopped.value.exit_code == 143
+    assert "stopped by SIGTERM after training's last step (24), before its evaluation and artifacts" in str(
+        stopped.value.message
+    )
+    assert marker(run_dir)["status"] == "interrupted" and not (run_dir / "summary.json").exists()
+    assert main(["run", recipe, "--resume"]) == 0
+    assert main(["run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}"]) == 0
+    assert summary_of(run_dir)["eval"] == summary_of(tmp_path / "reference")["eval"]
+    adapter = "adapter/adapter_model.safetensors"
+    assert (run_dir / adapter).read_bytes() == (tmp_path / "reference" / adapter).read_bytes()
+
+
+def test_a_signal_whose_exception_a_library_swallows_during_start_up_still_stops_the_run(tiny_recipe, tmp_path, capsys):
+    import os
+    import signal
+    import time
+
+    from adapt.run.interrupts import Interrupted
+
+    class SwallowingLibrary:
+        def adapt_configure(self, recipe):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
+            except KeyboardInterrupt:  # as a broad `except` in a library would (datasets, fingerprinting a map)
+                pass
+
+    recipe = str(tiny_recipe())
+    catalogue = Catalogue.discover(extra={"swallow": SwallowingLibrary()})
+    with pytest.raises(Interrupted) as stopped:
+        run_recipe(load_recipe(recipe, catalogue.infos), catalogue)
+    assert stopped.value.exit_code == 130 and not (tmp_path / "run" / "summary.json").exists()
+    # stopped before its recipe.toml was written: the advice names the recipe file, and following it works
+    assert main(["run", recipe]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"continue it with `adapt run {recipe} --resume`" in err
+    assert main(["run", recipe, "--resume"]) == 0

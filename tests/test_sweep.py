@@ -318,3 +318,72 @@ def test_shipped_spaces_are_valid_for_their_recipe(path):
     recipe = path.parents[1] / path.name
     space = load_space(path, str(recipe), catalogue.infos, ["output.overwrite=true"], {})
     assert space.trials and space.trials >= 8 and set(space.params) == {"train.learning_rate", "methods.lora.r"}
+
+
+def test_a_killed_comparison_takes_its_child_run_down_with_it(tiny_recipe, tmp_path):
+    """SIGKILL to `adapt compare` (nothing can be caught): the kernel sends its child run SIGTERM, which
+    checkpoints and stops, so no run trains on alone; compare run again continues it."""
+    import subprocess
+    import sys
+    import time
+
+    recipe = tiny_recipe(train={"epochs": 200, "checkpoint_every": 20})
+    folder = tmp_path / "cmp"
+    env = {**os.environ, "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    command = [sys.executable, "-m", "adapt", "compare", str(recipe), "--vary", "train.seed=1,2", "--dir", str(folder)]
+    log = tmp_path / "compare.err"
+    with log.open("w") as err:
+        parent = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    run_dir = folder / "0-1"
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+        assert parent.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    child = json.loads((run_dir / ".adapt-run.json").read_text())["pid"]
+    parent.kill()
+    parent.wait()
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child run went on training after its comparison was killed")
+    assert json.loads((run_dir / ".adapt-run.json").read_text())["status"] == "interrupted"
+
+
+class StopAt5BySigterm:
+    def adapt_on_step_end(self, run):
+        if run.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_comparison_waits_for_a_run_still_training_in_its_folder(tiny_recipe, tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from adapt.commands.compare import Comparison
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+    from adapt.run.interrupts import Interrupted
+    from adapt.run.rundir import LOCK
+    from adapt.train.orchestration import run_recipe
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    recipe = str(tiny_recipe(train={"checkpoint_every": 100}))
+    comparison = Comparison(recipe, "train.seed", [1, 2], Catalogue.discover(), tmp_path / "cmp")
+    run_dir = tmp_path / "cmp" / "0-1"
+    catalogue = Catalogue.discover(extra={"stop": StopAt5BySigterm()})  # the earlier comparison's child, stopped
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(recipe, catalogue.infos, [f"output.dir={json.dumps(str(run_dir))}", "train.seed=1"]),
+                   catalogue)
+    hold = f"import fcntl, os, time; fd = os.open({str(run_dir / LOCK)!r}, os.O_RDWR | os.O_CREAT); "
+    hold += "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(3)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"  # an earlier comparison's child, still training
+    first, second = comparison.run()
+    holder.wait()
+    assert first["status"] == second["status"] == "finished"
+    assert "a run is still training in" in capsys.readouterr().err

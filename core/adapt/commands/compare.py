@@ -9,10 +9,12 @@ runs that finished and resumes one that was interrupted, so a comparison survive
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from adapt.io import atomic_write_json
 from adapt.plugin.manager import Catalogue
 from adapt.recipe.loader import load_recipe, output_override, parse_value
 from adapt.run.interrupts import Interrupted
-from adapt.run.rundir import FINISHED, describe_stop, is_run, run_status
+from adapt.run.rundir import FINISHED, describe_stop, in_use, is_run, run_status
 
 
 def parse_vary(text: str) -> tuple[str, list[Any]]:
@@ -57,6 +59,33 @@ def _folder_name(index: int, value: Any) -> str:
     last = str(value).rstrip("/").rsplit("/", 1)[-1]  # a model's folder or hub name, not its whole path
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.")[:60]
     return f"{index}-{slug or 'value'}"
+
+
+def _stop_with_parent(parent: int):
+    """For the child's start (Linux): the kernel sends it SIGTERM when this process dies, even by SIGKILL, so a
+    killed comparison leaves no run training on its own (the child checkpoints and stops, as for any SIGTERM)."""
+
+    def arrange() -> None:
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the child outlives a killed parent
+            return
+        if os.getppid() != parent:  # the parent died before the request took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange if sys.platform.startswith("linux") else None
+
+
+def _wait_while_in_use(run_dir: Path, what: str, poll_seconds: float = 1.0) -> None:
+    """A run still training in this value's folder (the child of an earlier comparison that was killed) is waited
+    for, saying so, instead of being reported as failed."""
+    if not in_use(run_dir):
+        return
+    print(f"{what}: a run is still training in {run_dir}; waiting for it to stop", file=sys.stderr, flush=True)
+    while in_use(run_dir):
+        time.sleep(poll_seconds)
 
 
 @dataclass
@@ -97,6 +126,7 @@ class Comparison:
             run_dir = Path(recipe.output.dir)
             row: dict[str, Any] = {"value": value, "run_dir": str(run_dir), "status": "finished", "eval": {}}
             summary_file = run_dir / "summary.json"
+            _wait_while_in_use(run_dir, f"{self.key}={value!r}")
             if run_status(run_dir) == FINISHED and summary_file.is_file():
                 print(f"{self.key}={value!r}: the run in {run_dir} has already finished; reusing it", file=sys.stderr)
                 code = 0
@@ -120,11 +150,11 @@ class Comparison:
         """`adapt run` for one value, in a process of its own; returns its exit code. Ctrl-C reaches it from
         the terminal; a SIGTERM sent to this process is passed on, so that it checkpoints and stops."""
         sets = [*self.overrides, output_override(run_dir), f"{self.key}={toml_value(value)}"]
-        command = [sys.executable, "-m", "adapt.commands.cli", "run", self.recipe_path]
+        command = [sys.executable, "-m", "adapt", "run", self.recipe_path]
         command += [arg for item in sets for arg in ("--set", item)]
         if is_run(run_dir):
             command.append("--resume")  # an interrupted run continues from its checkpoint
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, preexec_fn=_stop_with_parent(os.getpid()))
 
         def forward(signum: int, frame: Any) -> None:
             if signum != signal.SIGINT:  # a terminal's Ctrl-C already went to the whole process group

@@ -80,6 +80,73 @@ def _fsync_tree(folder: Path) -> None:
             os.close(fd)
 
 
+class DamagedCheckpoint(UsageError):
+    """A checkpoint whose files are not those written: resuming from it would not be the interrupted run."""
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """{file: its bytes and sha256} of every file in a checkpoint folder being written."""
+    import hashlib
+
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != INFO):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        found[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return found
+
+
+def check_files(checkpoint: Path, info: dict[str, Any]) -> None:
+    """Every file the checkpoint was written with, as written (checkpoints before manifests are taken as they are)."""
+    written = info.get("files")
+    if written is None:
+        return
+    now = {k: v for k, v in manifest(checkpoint).items() if k in written}
+    for name, expected in written.items():
+        found = now.get(name)
+        if found is None:
+            raise DamagedCheckpoint(_damaged(checkpoint, f"{name} is missing"))
+        if found != expected:
+            size = f"{found['bytes']:,} bytes of the {expected['bytes']:,} written"
+            what = size if found["bytes"] != expected["bytes"] else "the same size but other contents"
+            raise DamagedCheckpoint(_damaged(checkpoint, f"{name} has {what}"))
+
+
+def _damaged(checkpoint: Path, what: str) -> str:
+    others = [c for c in checkpoints(checkpoint.parent.parent) if c != checkpoint]
+    earlier = f"resume from an earlier one (--resume {others[-1]}) or" if others else ""
+    return (
+        f"--resume: checkpoint {checkpoint} is damaged ({what}); resuming from it would not be the interrupted run: "
+        f"{earlier} start again with --set output.overwrite=true"
+    )
+
+
+def data_fingerprint(run: Run) -> str | None:
+    """A hash of the training split's rows as the run reads them (after `data.preprocess` and the seeded subset):
+    their values, not the files' dates, so a copied or touched file is the same data and an edited label is not."""
+    import hashlib
+
+    split = run.dataset.get("train") if run.dataset is not None else None
+    if split is None:
+        return None
+    digest = hashlib.sha256()
+    for batch in split.with_format(None).iter(batch_size=4096):
+        digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def check_data(checkpoint: Path, info: dict[str, Any], run: Run, now: str | None) -> None:
+    saved = info.get("data_fingerprint")
+    if saved is not None and now is not None and saved != now:
+        raise UsageError(
+            f"--resume: the training data is not what {checkpoint} was trained on (its rows hash to {now}, then to "
+            f"{saved}: a data file changed since); resuming would not be the interrupted run: restore the data, or "
+            "start again with --set output.overwrite=true"
+        )
+
+
 def _load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -95,6 +162,7 @@ class Checkpointer:
         self.last_step: int | None = None
         self.seconds: list[float] = []
         self.bytes = 0
+        self._data_fingerprint: str | None = None
         run.accelerator.register_save_state_pre_hook(_only_trainable)
         if run.is_main_process and self.root.is_dir():
             for stale in self.root.glob(".step-*.tmp"):  # left by a process killed while writing
@@ -103,6 +171,13 @@ class Checkpointer:
     @property
     def enabled(self) -> bool:
         return self.keep > 0
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """The training data's hash, computed once: written into every checkpoint, checked on resume."""
+        if self._data_fingerprint is None:
+            self._data_fingerprint = data_fingerprint(self.run)
+        return self._data_fingerprint
 
     def save(self, state: dict[str, Any]) -> Path | None:
         """Write `state` (the loop's own) and everything else training changed as `step-N`; prune old ones."""
@@ -124,12 +199,14 @@ class Checkpointer:
                 self._write_own(tmp, state, plugin_states)
                 _fsync_tree(tmp)
                 self._publish(tmp, final)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError of its writer
             shutil.rmtree(tmp, ignore_errors=True)
             previous = newest_checkpoint(run.output_dir)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+            where = exc.filename if isinstance(exc, OSError) and exc.filename else tmp
             raise AdaptError(
-                f"writing checkpoint {final} failed: {exc.strerror or exc} ({exc.filename or tmp}); {kept}; "
+                f"writing checkpoint {final} failed: {cause} ({where}); {kept}; "
                 "free space (or lower train.keep_checkpoints) and resume with --resume"
             ) from None
         acc.wait_for_everyone()
@@ -155,6 +232,8 @@ class Checkpointer:
                 "num_processes": run.accelerator.num_processes,
                 "bytes": self.bytes,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "data_fingerprint": self.data_fingerprint,
+                "files": manifest(tmp),
             },
         )
 
@@ -181,10 +260,16 @@ class Checkpointer:
                 f"{acc.num_processes}; the data order and random states are per process, so resume with "
                 f"{info['num_processes']}"
             )
+        check_files(checkpoint, info)
+        check_data(checkpoint, info, self.run, self.data_fingerprint)
         self._check_weights(checkpoint)
-        acc.load_state(str(checkpoint), strict=False)  # only trainable parameters were saved
+        try:
+            acc.load_state(str(checkpoint), strict=False)  # only trainable parameters were saved
+            states = _load(checkpoint / TRAINER_STATE), _load(checkpoint / PLUGIN_STATES)
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, name the checkpoint
+            raise DamagedCheckpoint(_damaged(checkpoint, f"{type(exc).__name__}: {str(exc)[:300]}")) from None
         self.last_step = info["step"]
-        return _load(checkpoint / TRAINER_STATE), _load(checkpoint / PLUGIN_STATES)
+        return states
 
     def _check_weights(self, checkpoint: Path) -> None:
         from safetensors import safe_open

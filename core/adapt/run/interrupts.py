@@ -48,6 +48,9 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.graceful or self.requested is not None:
+            # kept as well as raised: a library that catches the exception (datasets, while it fingerprints a map)
+            # cannot hide the signal from the next `check`
+            self.requested = self.requested or signum
             raise Interrupted(signum)
         self.requested = signum
         if self.announce:
@@ -56,6 +59,11 @@ class StopSignals:
                 f"\n{name}: stopping after this optimizer step to write a checkpoint (send it again to stop at once)\n"
             )
             sys.stderr.flush()
+
+    def check(self) -> None:
+        """Outside the loop: stop now if a signal came, even one whose exception something swallowed."""
+        if self.requested is not None and not self.graceful:
+            raise Interrupted(self.requested)
 
     def agreed(self, accelerator: Any) -> int | None:
         """The signal every process acts on: with several processes, one that was signalled stops them all

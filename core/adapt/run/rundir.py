@@ -200,8 +200,10 @@ class Claim:
 
 
 def _commands(path: Path, recipe_source: str) -> str:
+    # a run stopped during start-up saved no recipe.toml yet: it is continued from the recipe file, not the folder
+    where = path if (path / "recipe.toml").is_file() else recipe_source
     return (
-        f"continue it with `adapt run {path} --resume`, or start again with "
+        f"continue it with `adapt run {where} --resume`, or start again with "
         f"`adapt run {recipe_source} --set output.overwrite=true`"
     )
 

@@ -122,11 +122,20 @@ class TrainingLoop:
         names = getattr(hooks.make_metrics(run=run), "names", None)  # before training: checked by whoever needs them
         run.metric_names = list(names()) if callable(names) else None
         hooks.on_train_start(run=run)
+        self.stop.check()
         self.stop.graceful = True
         try:
             with self.speed.training():
                 self._loop()
-            self._finish()
+            # Training is over and its last step checkpointed: a signal now stops at once instead of asking for a
+            # step that will never come (the final evaluation and saving would otherwise run to the end).
+            self.stop.graceful = False
+            if self.stop.requested is not None:
+                raise Interrupted(self.stop.requested, self._stopped_after_training(self.stop.requested))
+            try:
+                self._finish()
+            except Interrupted as stopped:
+                raise Interrupted(stopped.signum, self._stopped_after_training(stopped.signum)) from None
         except BaseException as error:
             error.step = run.step  # type: ignore[attr-defined]
             hooks.on_train_error(run=run, error=error)
@@ -195,6 +204,17 @@ class TrainingLoop:
             self.batches_in_epoch = 0
             self._checkpoint()  # at each epoch end (and after the last step)
         clock.lap()
+
+    def _stopped_after_training(self, signum: int) -> str:
+        run, name = self.run, signal.Signals(signum).name
+        saved = self.checkpointer.last_step == run.step
+        then = (
+            f"checkpoint step-{run.step} holds the trained model: `adapt run {run.output_dir} --resume` evaluates and "
+            "saves it"
+            if saved
+            else "no checkpoint of that step was written, so its model is lost (train.keep_checkpoints = 0?)"
+        )
+        return f"stopped by {name} after training's last step ({run.step}), before its evaluation and artifacts: {then}"
 
     def _after_step(self, end_of_epoch: bool) -> None:
         """Log, evaluate, checkpoint and obey a stop signal, as the step's number says."""

@@ -124,16 +124,20 @@ def _train(
     import tomli_w
 
     run, hooks = start_run(recipe, catalogue)
+    stop.check()  # after each stage of start-up: a signal whose exception a library swallowed still stops the run
     speed = SpeedUps(run)
     speed.before_loading()
     encode(run, hooks)
+    stop.check()
     plan = plan_before_loading(run, catalogue, ignore_plan)
+    stop.check()
     check_free_space(run, plan)
     auto_batch = recipe.train.batch_size == "auto"
     if auto_batch and run.accelerator.device.type != "cuda":
         choose_batch(run, start_size(plan, recipe), "the memory plan")
     probe = MemoryProbe()  # the baseline: data loaded and encoded, model not yet
     param_counts = build_model(run, hooks)
+    stop.check()
     if auto_batch and run.accelerator.device.type == "cuda":
         choose_batch(run, largest_that_runs(run, hooks, start_size(plan, recipe)), "a trial step")
     if plan is not None and plan.batch_size != run.recipe.train.batch_size:
