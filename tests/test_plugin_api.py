@@ -442,3 +442,32 @@ def test_a_head_that_windows_its_rows_gets_every_window_of_a_row_in_format(run_r
     assert predictions == [{"text": "w1 w2 w3", "windows": 2}, {"text": "w4 good", "windows": 2}]
     (_, shapes, lengths), _ = formatted
     assert shapes == [(2,), (2,)] and lengths[0] == lengths[1] + 1  # both windows of the row, in order
+
+
+def test_an_opt_in_plugin_takes_part_only_where_the_recipe_has_its_table(run_recipe, tiny_recipe):
+    import json
+    import tomllib
+
+    from adapt import PluginInfo, Table
+
+    calls = []
+
+    class EarlyTable(Table):
+        patience: int = 3
+
+    class Early:
+        def adapt_plugin_info(self):
+            return PluginInfo(kind="infrastructure", table=EarlyTable, summary="stops early", opt_in=True)
+
+        def adapt_on_train_start(self, run):
+            calls.append(run.table(EarlyTable).patience)
+
+    without = run_recipe(tiny_recipe(), plugins={"early": Early()})
+    assert calls == [] and "early" not in without.summary["plugins"]
+    saved = tomllib.loads((without.output_dir / "recipe.toml").read_text())
+    assert "early" not in saved["plugins"]
+    asked = run_recipe(tiny_recipe(output={"overwrite": True}, plugins={"early": {}}), plugins={"early": Early()})
+    assert calls == [3] and "early" in asked.summary["plugins"]
+    saved = tomllib.loads((asked.output_dir / "recipe.toml").read_text())
+    assert saved["plugins"]["early"] == {"patience": 3}  # kept in the recipe as run, so a resume opts in again
+    assert json.loads((asked.output_dir / "summary.json").read_text())["plugins"]["early"]["kind"] == "infrastructure"

@@ -477,3 +477,37 @@ def test_a_signal_whose_exception_a_library_swallows_during_start_up_still_stops
     err = " ".join(capsys.readouterr().err.split())
     assert f"continue it with `adapt run {recipe} --resume`" in err
     assert main(["run", recipe, "--resume"]) == 0
+
+
+_STUCK_THREAD = """
+import os, signal, sys, threading, time
+from adapt.plugin import manager
+
+discover = manager.Catalogue.discover.__func__
+
+
+class Stuck:
+    def adapt_configure(self, recipe):
+        threading.Thread(target=time.sleep, args=(3600,)).start()  # a library's worker thread that never ends
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+manager.Catalogue.discover = classmethod(lambda cls, extra=None: discover(cls, {**(extra or {}), "stuck": Stuck()}))
+from adapt.commands.cli import entry
+
+entry(["run", sys.argv[1]])
+"""
+
+
+def test_a_run_stopped_during_start_up_exits_even_with_a_thread_left_behind(tiny_recipe):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ADAPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _STUCK_THREAD, str(tiny_recipe())], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "stopped by SIGINT" in done.stderr

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from adapt.types import Metrics, PluginInfo
 
 #: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook, a parameter or a PluginInfo field is added
-#: (1.1: ``adapt_on_model_loaded``; 1.2: capabilities, ``PluginInfo.provides/needs/runs_after``,
+#: (1.1: ``adapt_on_model_loaded``; 1.2: capabilities, ``PluginInfo.provides/needs/runs_after/opt_in``,
 #: ``adapt_prediction_tensor``, with ``after`` and ``needs_one_of`` deprecated until 2.0), MAJOR when one changes
 #: meaning or goes. A plugin states the version it needs in ``PluginInfo.requires_api``; it is refused, with both
 #: versions named, unless MAJOR is the same and MINOR at least as high.

@@ -102,6 +102,9 @@ class PluginInfo:
         8-bit base must be loaded before LoRA wraps it: LoRA `runs_after=(Capability.QUANTISES_BASE,)`).
     conflicts: a method name or a capability -> why the two cannot be combined; checked when the recipe is
         validated, in both directions.
+    opt_in: infrastructure only: take part only in runs whose recipe has a `[plugins.NAME]` table (an early-stopping
+        plugin, a tracker of your own), instead of in every run where it is installed; such a plugin then knows
+        that the recipe asked for it, and appears in no other run's recipe or summary.
     requires_api: the hook API version the plugin was written for ("1.2"); it is refused (listed as broken,
         with both versions) unless `adapt.HOOK_API` has the same major version and a minor at least as high.
     after: deprecated since hook API 1.2 (use `runs_after`): method names this one is applied after.
@@ -116,6 +119,7 @@ class PluginInfo:
     needs: tuple[str, ...] = ()
     runs_after: tuple[str, ...] = ()
     conflicts: Mapping[str, str] = field(default_factory=dict)
+    opt_in: bool = False
     requires_api: str | None = None
     after: tuple[str, ...] = ()
     needs_one_of: tuple[str, ...] = ()

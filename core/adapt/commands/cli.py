@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from rich.text import Text
@@ -250,6 +252,19 @@ COMMANDS = {
 }
 
 
+def entry(argv: Sequence[str] | None = None) -> None:
+    """The `adapt` command and `python -m adapt`: `main`, then exit with its code. A process stopped by a signal
+    exits even where a library left a thread behind that would keep the interpreter waiting at shutdown."""
+    code = main(argv)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        stragglers = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+        if stragglers:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)  # every file adapt writes is already in place (atomic writes, the run's marker)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -281,4 +296,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -232,7 +232,9 @@ class Catalogue:
         Later registrations are called first by pluggy, so a method's firstresult answer (a collator,
         parameter groups) takes precedence over the head's, and the head's over infrastructure's.
         """
-        infra = [e for e in self.entries.values() if e.info.kind == "infrastructure" and e.name not in recipe.disabled]
+        infra = [  # not disabled, and an opt-in plugin only where the recipe has its table
+            e for e in self.entries.values() if e.info.kind == "infrastructure" and e.name in recipe.tables
+        ]
         return [*infra, self.entries[recipe.head], *(self.entries[m] for m in recipe.methods)]
 
     def provenance(self, recipe: Recipe) -> dict[str, dict[str, str | None]]:

@@ -52,6 +52,8 @@ class Recipe:
     methods: tuple[str, ...]
     disabled: tuple[str, ...]
     tables: Mapping[str, Table]
+    opted_in: tuple[str, ...] = ()
+    """Opt-in infrastructure plugins (`PluginInfo.opt_in`) that take part because the recipe has their table."""
 
     @overload
     def table(self, plugin: type[T]) -> T: ...
@@ -90,7 +92,10 @@ class Recipe:
             "methods": {name: dump(self.tables[name]) for name in self.methods},
             "train": dump(self.train),
             "output": dump(self.output),
-            "plugins": {"disable": list(self.disabled), **{n: t for n, t in infra.items() if t}},
+            "plugins": {
+                "disable": list(self.disabled),
+                **{n: t for n, t in infra.items() if t or n in self.opted_in},  # an opt-in table, even empty, is kept
+            },
         }
 
 
@@ -366,7 +371,10 @@ def validate(
                 f"plugins.{toml_key(name)}: "
                 + _clauses(f"no infrastructure plugin named '{name}'", _suggest(name, sorted(infra)))
             )
+    opted_in = tuple(sorted(n for n in infra - set(disabled) if plugins[n].opt_in and n in (extra or {})))
     for name in sorted(infra - set(disabled)):
+        if plugins[name].opt_in and name not in opted_in:
+            continue  # takes part only in runs whose recipe has its [plugins.NAME] table
         table = _check_table(f"plugins.{name}", plugins[name].table, (extra or {}).get(name), problems)
         if table is not None:
             tables[name] = table
@@ -392,4 +400,5 @@ def validate(
         methods=tuple(order_methods(methods, plugins)),
         disabled=disabled,
         tables=tables,
+        opted_in=opted_in,
     )

@@ -199,7 +199,10 @@ class Checkpointer:
                 self._write_own(tmp, state, plugin_states)
                 _fsync_tree(tmp)
                 self._publish(tmp, final)
-        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError of its writer
+        except Exception as exc:
+            # a full disk is an OSError, torch.save's writer's RuntimeError or safetensors' SafetensorError
+            if not isinstance(exc, (OSError, RuntimeError)) and type(exc).__name__ != "SafetensorError":
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
             previous = newest_checkpoint(run.output_dir)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
