@@ -53,7 +53,7 @@ def test_predict_reads_rows_from_a_file_and_prints_for_people(tiny_recipe, toy_d
     assert accuracy == pytest.approx(summary["eval"]["accuracy"])
     assert main(["predict", str(tmp_path / "run"), "lovely w9"]) == 0
     assert "text: lovely w9\nlabel: " in capsys.readouterr().out
-    assert main(["predict", str(tmp_path / "run")]) == 1
+    assert main(["predict", str(tmp_path / "run")]) == 2
     assert "give one or more TEXT" in capsys.readouterr().err
 
 

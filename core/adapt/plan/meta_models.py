@@ -10,6 +10,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from adapt.errors import DataError
+
 _META: ContextVar[dict[str, Any] | None] = ContextVar("adapt_models_on_meta", default=None)
 
 # from_pretrained keyword arguments about loading; everything else sets a config attribute (num_labels...)
@@ -91,3 +93,19 @@ def build_on_meta(loader: Any, name: str, kwargs: dict[str, Any], load_config) -
     if kwargs.get("output_loading_info"):
         return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
     return model
+
+
+def check_model_config(file: Path) -> None:
+    """A transformers model config: JSON holding a `model_type` that transformers knows."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--model-config: '{file}' is not readable JSON ({exc})") from None
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    if kind not in CONFIG_MAPPING:
+        what = f"its model_type {kind!r} is not one transformers knows" if kind else "it has no model_type"
+        raise DataError(f"--model-config: '{file}' is not a transformers model config: {what}")

@@ -19,6 +19,7 @@ from adapt.errors import DataError
 from adapt.model.inference import model_inputs
 from adapt.plan.device import Device, GiB, gib_text, parse_device
 from adapt.plan.footprint import quantised_weight_bytes
+from adapt.plan.meta_models import check_model_config
 from adapt.recipe.loader import Recipe
 
 # On a CPU the measured peak is the process's resident memory, not the live tensors: glibc keeps the pages of
@@ -261,7 +262,7 @@ def make_plan(
                 f"--model-config: no config.json at '{config_path}'; give a model's config.json or the folder "
                 "holding it"
             )
-        _check_model_config(file)
+        check_model_config(file)
     device = device or parse_device(None)
     cfg = recipe.train
     notes: list[str] = []
@@ -338,22 +339,6 @@ def make_plan(
         quantised_source_bytes=weights.quantised_source_bytes,
         micro_batches=_micro_batches(run, rows),
     )
-
-
-def _check_model_config(file: Path) -> None:
-    """A transformers model config: JSON holding a `model_type` that transformers knows."""
-    import json
-
-    from transformers import CONFIG_MAPPING
-
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"--model-config: '{file}' is not readable JSON ({exc})") from None
-    kind = data.get("model_type") if isinstance(data, dict) else None
-    if kind not in CONFIG_MAPPING:
-        what = f"its model_type {kind!r} is not one transformers knows" if kind else "it has no model_type"
-        raise DataError(f"--model-config: '{file}' is not a transformers model config: {what}")
 
 
 def _micro_batches(run, rows: int) -> int | None:

@@ -233,7 +233,11 @@ class Catalogue:
         parameter groups) takes precedence over the head's, and the head's over infrastructure's.
         """
         infra = [  # not disabled, and an opt-in plugin only where the recipe has its table
-            e for e in self.entries.values() if e.info.kind == "infrastructure" and e.name in recipe.tables
+            e
+            for e in self.entries.values()
+            if e.info.kind == "infrastructure"
+            and e.name not in recipe.disabled
+            and (not e.info.opt_in or e.name in recipe.opted_in)
         ]
         return [*infra, self.entries[recipe.head], *(self.entries[m] for m in recipe.methods)]
 
