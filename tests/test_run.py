@@ -175,3 +175,23 @@ def test_eval_recomputes_a_finished_runs_metrics(tiny_recipe, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["eval", str(tmp_path / "empty")]) == 1
     assert "holds no recipe.toml" in capsys.readouterr().err
+
+
+def test_dora_trains_magnitudes_and_directions_and_reloads_with_plain_peft(
+    train_tiny, sample_batch, tiny_bert_dir, tmp_path
+):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    dora = {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "use_dora": True}
+    run, before, _ = train_tiny(methods={"lora": dora})
+    model = run.unwrapped_model
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any("lora_magnitude_vector" in n for n in changed) and any("lora_B" in n for n in changed)
+    assert not [n for n in changed if not any(k in n for k in ("lora_", "classifier"))]  # the base did not move
+    batch = sample_batch(run.tokenizer)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    assert reloaded.peft_config["default"].use_dora
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits, rtol=1e-5, atol=1e-6)

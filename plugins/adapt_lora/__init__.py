@@ -27,6 +27,9 @@ class LoraTable(Table):
     """Which biases train: "none", "all" (every bias of the model) or "lora_only" (those of adapted layers)."""
     use_rslora: bool = False
     """Rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r."""
+    use_dora: bool = False
+    """DoRA (Liu et al. 2024): each adapted weight split into a trained magnitude per output and a LoRA-updated
+    direction; PEFT's forward (the fused layer steps aside), a few more parameters, slower steps."""
     modules_to_save: list[str] = []
     """Extra modules to train fully and save, beyond the head's own."""
     lr_ratio: float | None = Field(default=None, gt=0)
@@ -39,7 +42,10 @@ class LoraTable(Table):
 
 @hookimpl
 def adapt_plugin_info() -> PluginInfo:
-    return PluginInfo(kind="method", table=LoraTable, summary="LoRA low-rank adapters (PEFT)",
+    return PluginInfo(
+        kind="method",
+        table=LoraTable,
+        summary="LoRA low-rank adapters (PEFT), DoRA and rsLoRA",
         provides=(Capability.ADDS_MODULES, Capability.KEEPS_BASE_FROZEN),
         runs_after=(Capability.QUANTISES_BASE,),
     )
@@ -56,6 +62,7 @@ def lora_config(run: Run):
         target_modules=table.target_modules,
         bias=table.bias,
         use_rslora=table.use_rslora,
+        use_dora=table.use_dora,
         modules_to_save=[*run.head_modules, *table.modules_to_save] or None,
         task_type=run.task_type,
         # GPT-2's Conv1D layers store weights transposed; PEFT would otherwise warn and switch per layer
