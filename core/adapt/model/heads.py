@@ -128,8 +128,9 @@ class Head(ABC):
     Override `config` (the model config's extra keys), `collator`, `prediction_inputs` (rows -> inputs and
     features, for inputs other than `TextInputs`' texts), `state`/`restore` (more than the names) as needed. The
     base implements `adapt_plugin_info`, `adapt_head_modules`, `adapt_load_model`, `adapt_encode`,
-    `adapt_make_collator`, `adapt_make_metrics`, `adapt_save_artifacts`, `adapt_restore_state` and
-    `adapt_predict`. Register the subclass itself as the entry point: one instance per run keeps its names.
+    `adapt_make_collator`, `adapt_make_metrics`, `adapt_prediction_tensor`, `adapt_save_artifacts`,
+    `adapt_restore_state` and `adapt_predict`. Register the subclass itself as the entry point: one instance per
+    run keeps its names.
     """
 
     table: ClassVar[type[Table]] = TextInputs
@@ -217,11 +218,12 @@ class Head(ABC):
 
         config = self.config(run, self.output_names(run))
         model = load_task_model(run, self._auto(), load_kwargs, self.task_type, **config)
-        if self.reads_first_token and getattr(run.table(self.table), "trim_top_block", True):
+        wanted = getattr(run.table(self.table), "trim_top_block", True)
+        old_key = run.recipe.model.trim_top_block  # deprecated [model] key: false in an older recipe still counts
+        if self.reads_first_token and wanted and old_key is not False:
             from adapt.speed.trim import trim_top_block
 
-            if run.recipe.model.trim_top_block is not False:  # the deprecated [model] key, false in an old recipe
-                trim_top_block(model)
+            trim_top_block(model)
         return model
 
     @hookimpl

@@ -64,10 +64,6 @@ def read_info(checkpoint: Path) -> dict[str, Any]:
         ) from None
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 def _fsync_tree(folder: Path) -> None:
     """Make the checkpoint durable before it becomes visible (a power cut must not leave it half-written)."""
     for path in [*sorted(folder.rglob("*")), folder]:
@@ -137,7 +133,7 @@ def data_fingerprint(run: Run) -> str | None:
     return digest.hexdigest()[:32]
 
 
-def check_data(checkpoint: Path, info: dict[str, Any], run: Run, now: str | None) -> None:
+def check_data(checkpoint: Path, info: dict[str, Any], now: str | None) -> None:
     saved = info.get("data_fingerprint")
     if saved is not None and now is not None and saved != now:
         raise UsageError(
@@ -224,7 +220,8 @@ class Checkpointer:
         torch.save(state, tmp / TRAINER_STATE)
         torch.save(plugin_states, tmp / PLUGIN_STATES)
         atomic_write_text(tmp / RECIPE, tomli_w.dumps(run.recipe.to_dict()))
-        self.bytes = _folder_bytes(tmp)
+        files = manifest(tmp)
+        self.bytes = sum(entry["bytes"] for entry in files.values())
         atomic_write_json(  # written last: its presence marks the checkpoint complete
             tmp / INFO,
             {
@@ -236,7 +233,7 @@ class Checkpointer:
                 "bytes": self.bytes,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "data_fingerprint": self.data_fingerprint,
-                "files": manifest(tmp),
+                "files": files,
             },
         )
 
@@ -264,7 +261,7 @@ class Checkpointer:
                 f"{info['num_processes']}"
             )
         check_files(checkpoint, info)
-        check_data(checkpoint, info, self.run, self.data_fingerprint)
+        check_data(checkpoint, info, self.data_fingerprint)
         self._check_weights(checkpoint)
         try:
             acc.load_state(str(checkpoint), strict=False)  # only trainable parameters were saved

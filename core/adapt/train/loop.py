@@ -130,9 +130,8 @@ class TrainingLoop:
             # Training is over and its last step checkpointed: a signal now stops at once instead of asking for a
             # step that will never come (the final evaluation and saving would otherwise run to the end).
             self.stop.graceful = False
-            if self.stop.requested is not None:
-                raise Interrupted(self.stop.requested, self._stopped_after_training(self.stop.requested))
             try:
+                self.stop.check()  # a signal that came during the last step
                 self._finish()
             except Interrupted as stopped:
                 raise Interrupted(stopped.signum, self._stopped_after_training(stopped.signum)) from None
