@@ -166,7 +166,7 @@ def test_every_option_of_every_built_in_plugin_is_described():
         for option in table_options(entry.info.table)
         if not option["description"]
     ]
-    assert not undescribed and len(catalogue.entries) == 20
+    assert not undescribed and len(catalogue.entries) == 21
 
 
 def test_plugins_name_prints_the_plugins_options(capsys):
@@ -197,10 +197,11 @@ def test_plugins_name_prints_the_plugins_options(capsys):
     [
         ("1.0", None),
         ("1.2", None),
-        ("1.3", "requires hook API 1.3, but adapt has 1.2: upgrade adapt-peft"),
-        ("2.0", "requires hook API 2.0, but adapt has 1.2: upgrade adapt-peft"),
-        ("0.9", "requires hook API 0.9, but adapt has 1.2: install a version of the plugin written for 1.x"),
-        ("1.x", "requires_api '1.x' is not a hook API version MAJOR.MINOR (adapt's is 1.2)"),
+        ("1.3", None),
+        ("1.4", "requires hook API 1.4, but adapt has 1.3: upgrade adapt-peft"),
+        ("2.0", "requires hook API 2.0, but adapt has 1.3: upgrade adapt-peft"),
+        ("0.9", "requires hook API 0.9, but adapt has 1.3: install a version of the plugin written for 1.x"),
+        ("1.x", "requires_api '1.x' is not a hook API version MAJOR.MINOR (adapt's is 1.3)"),
     ],
 )
 def test_a_plugin_requiring_another_hook_api_is_refused_with_both_versions(required, problem):
@@ -213,7 +214,7 @@ def test_a_plugin_requiring_another_hook_api_is_refused_with_both_versions(requi
             return PluginInfo(summary="needs a hook API", requires_api=required)
 
     catalogue = Catalogue.discover(extra={"needs": Needs()})
-    assert HOOK_API == "1.2"
+    assert HOOK_API == "1.3"
     if problem is None:
         assert "needs" in catalogue.entries and "needs" not in catalogue.broken
     else:
@@ -471,3 +472,26 @@ def test_an_opt_in_plugin_takes_part_only_where_the_recipe_has_its_table(run_rec
     saved = tomllib.loads((asked.output_dir / "recipe.toml").read_text())
     assert saved["plugins"]["early"] == {"patience": 3}  # kept in the recipe as run, so a resume opts in again
     assert json.loads((asked.output_dir / "summary.json").read_text())["plugins"]["early"]["kind"] == "infrastructure"
+
+
+def test_training_batches_are_seeded_padded_and_leave_the_random_streams_alone(tiny_recipe, monkeypatch):
+    import random
+
+    import torch
+
+    from adapt.model.build import encode, start_run
+    from adapt.plugin.manager import Catalogue
+    from adapt.recipe.loader import load_recipe
+
+    monkeypatch.setenv("ADAPT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    catalogue = Catalogue.discover()
+    run, hooks = start_run(load_recipe(tiny_recipe(), catalogue.infos), catalogue)
+    encode(run, hooks)
+    torch_state, python_state = torch.random.get_rng_state(), random.getstate()
+    first, again = run.training_batches(3, batch_size=4), run.training_batches(3, batch_size=4)
+    assert torch.equal(torch.random.get_rng_state(), torch_state) and random.getstate() == python_state
+    assert [type(b) for b in first] == [dict] * 3 and all(b["input_ids"].shape[0] == 4 for b in first)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again, strict=True))
+    assert all(b["attention_mask"].shape == b["input_ids"].shape and "labels" in b for b in first)
+    rows = len(run.encoded["train"])
+    assert sum(b["input_ids"].shape[0] for b in run.training_batches(10**6, batch_size=8)) == rows  # each row once

@@ -10,7 +10,7 @@ Conventions (the same as pytest's):
 - contribution hooks (``adapt_model_load_kwargs``, ``adapt_loss_terms``, ``adapt_summary``) collect the
   answers of every plugin;
 - only configure-time hooks are ``historic``, so a plugin registered late still sees the configuration;
-- the hook API has a version (``adapt.HOOK_API``, now 1.1), which a plugin can require through
+- the hook API has a version (``adapt.HOOK_API``, now 1.3), which a plugin can require through
   ``PluginInfo.requires_api``.
 
 Which plugins take part: method and head plugins only when the recipe names them, infrastructure
@@ -50,10 +50,11 @@ if TYPE_CHECKING:
 
 #: The hook API's version, "MAJOR.MINOR": MINOR grows when a hook, a parameter or a PluginInfo field is added
 #: (1.1: ``adapt_on_model_loaded``; 1.2: capabilities, ``PluginInfo.provides/needs/runs_after/opt_in``,
-#: ``adapt_prediction_tensor``, with ``after`` and ``needs_one_of`` deprecated until 2.0), MAJOR when one changes
+#: ``adapt_prediction_tensor``, with ``after`` and ``needs_one_of`` deprecated until 2.0; 1.3: ``Run.training_batches``,
+#: ``PluginInfo.variants``), MAJOR when one changes
 #: meaning or goes. A plugin states the version it needs in ``PluginInfo.requires_api``; it is refused, with both
 #: versions named, unless MAJOR is the same and MINOR at least as high.
-HOOK_API = "1.2"
+HOOK_API = "1.3"
 
 hookspec = pluggy.HookspecMarker("adapt")
 #: Marks a plugin's hook implementations (`from adapt import hookimpl`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
@@ -105,7 +105,11 @@ class PluginInfo:
     opt_in: infrastructure only: take part only in runs whose recipe has a `[plugins.NAME]` table (an early-stopping
         plugin, a tracker of your own), instead of in every run where it is installed; such a plugin then knows
         that the recipe asked for it, and appears in no other run's recipe or summary.
-    requires_api: the hook API version the plugin was written for ("1.2"); it is refused (listed as broken,
+    variants: for a plugin one of whose keys picks among alternatives that bring options of their own (the PEFT
+        method of `[methods.peft]`): a function, called only by `adapt plugins`, that returns each alternative's
+        name -> its options, as rows of "key", "type", "default" and "description" (`adapt plugins NAME VARIANT`
+        lists them).
+    requires_api: the hook API version the plugin was written for ("1.3"); it is refused (listed as broken,
         with both versions) unless `adapt.HOOK_API` has the same major version and a minor at least as high.
     after: deprecated since hook API 1.2 (use `runs_after`): method names this one is applied after.
     needs_one_of: deprecated since hook API 1.2 (use `needs`): method names of which the recipe must name one.
@@ -120,6 +124,7 @@ class PluginInfo:
     runs_after: tuple[str, ...] = ()
     conflicts: Mapping[str, str] = field(default_factory=dict)
     opt_in: bool = False
+    variants: Callable[[], Mapping[str, Sequence[Mapping[str, str]]]] | None = None
     requires_api: str | None = None
     after: tuple[str, ...] = ()
     needs_one_of: tuple[str, ...] = ()

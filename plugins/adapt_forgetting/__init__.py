@@ -143,7 +143,7 @@ class Forgetting:
                         counts["lm_loss"] += tokens
                     if captured:
                         mask = batch["attention_mask"].unsqueeze(-1).to(captured[-1].dtype)
-                        pooled = (captured[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)
+                        pooled = (_text_positions(captured[-1], mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
                         rows.append(pooled.float().cpu())
                     elif base is not None:
                         rows.append(base[start : start + table.batch_size])
@@ -157,10 +157,17 @@ class Forgetting:
                         model(**{**batch, "input_ids": masked})
                         if captured:
                             tokens = int((targets != -100).sum())
-                            sums["mlm_loss"] += float(mlm_loss(mlm_head, captured[-1], targets)) * tokens
+                            hidden = _text_positions(captured[-1], targets)
+                            sums["mlm_loss"] += float(mlm_loss(mlm_head, hidden, targets)) * tokens
                             counts["mlm_loss"] += tokens
         finally:
             hook.remove()
             model.train(was_training)
         losses = {name: sums[name] / counts[name] for name in sums if counts[name]}
         return torch.cat(rows), losses
+
+
+def _text_positions(hidden: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The block's output at the text's positions: without the virtual tokens a method put before them (prompt
+    tuning, p-tuning), which have no counterpart in the model before training."""
+    return hidden[:, hidden.shape[1] - like.shape[1] :]

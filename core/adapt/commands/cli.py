@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
         "plugins", help="list installed plugins and the hooks they implement; with NAME, that plugin's options"
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="one plugin: its recipe table (keys, types, defaults)")
+    p.add_argument(
+        "variant", nargs="?", metavar="VARIANT", help="one of the plugin's variants (a PEFT method): its options"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
         "new-plugin",

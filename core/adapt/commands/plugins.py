@@ -69,6 +69,8 @@ def _show_plugin(catalogue, rows: dict[str, dict], args: argparse.Namespace) -> 
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UsageError(f"no plugin named '{name}'{hint} (installed: {', '.join(sorted(rows))})")
     info = catalogue.entries[name].info
+    if args.variant is not None:
+        return _show_variant(name, info, args)
     row = {
         **rows[name],
         "table": table_location(name, info),
@@ -79,6 +81,7 @@ def _show_plugin(catalogue, rows: dict[str, dict], args: argparse.Namespace) -> 
         "conflicts": {str(k): v for k, v in info.conflicts.items()},
         "after": list(info.after),  # deprecated since hook API 1.2
         "needs_one_of": list(info.needs_one_of),  # deprecated since hook API 1.2
+        "variants": sorted(info.variants()) if info.variants else [],
     }
     if args.json:
         print(json.dumps(row, indent=2))
@@ -101,15 +104,44 @@ def _show_plugin(catalogue, rows: dict[str, dict], args: argparse.Namespace) -> 
     if not row["options"]:
         stdout.print("no options")
         return 0
-    table = RichTable(title=Text(row["table"]), title_justify="left")  # Text: "[task]" is not markup
+    _print_options(row["table"], row["options"])
+    if row["variants"]:
+        stdout.print(f"variants (adapt plugins {name} VARIANT: its options): {', '.join(row['variants'])}")
+    return 0
+
+
+def _show_variant(name: str, info, args: argparse.Namespace) -> int:
+    """`adapt plugins NAME VARIANT`: the options one variant of the plugin brings (a PEFT method's)."""
+    import difflib
+
+    from adapt.errors import UsageError
+
+    variants = info.variants() if info.variants else {}
+    if args.variant not in variants:
+        if not variants:
+            raise UsageError(f"plugin '{name}' has no variants; adapt plugins {name} lists its options")
+        close = difflib.get_close_matches(args.variant, list(variants), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"plugin '{name}' has no variant '{args.variant}'{hint} (it has: {', '.join(variants)})")
+    options = [{"bounds": "", **row} for row in variants[args.variant]]
+    if args.json:
+        print(json.dumps({"name": name, "variant": args.variant, "options": options}, indent=2))
+        return 0
+    from adapt.plugin.options import table_location
+
+    _print_options(f"{table_location(name, info)} with {args.variant}", options)
+    return 0
+
+
+def _print_options(title: str, options) -> None:
+    table = RichTable(title=Text(title), title_justify="left")  # Text: "[task]" is not markup
     for column in ("key", "type", "default", "description"):
         table.add_column(column, overflow="fold", style="bold" if column == "key" else None)
-    for option in row["options"]:
+    for option in options:
         bounds = f" ({option['bounds']})" if option["bounds"] else ""
         cells = (option["key"], option["type"] + bounds, option["default"], option["description"])
         table.add_row(*map(Text, cells))
     stdout.print(table)
-    return 0
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:

@@ -67,6 +67,7 @@ def start_run(recipe: Recipe, catalogue: Catalogue, splits: str | None = "all") 
     hooks = Hooks(catalogue.manager(recipe))
     hooks.configure(recipe=recipe)
     run = Run(recipe=recipe, accelerator=make_accelerator(recipe), output_dir=Path(recipe.output.dir))
+    run._collator = lambda: hooks.make_collator(run=run)
     set_seed(recipe.train.seed)
     run.tokenizer = load_tokenizer(recipe)
     if splits is not None:

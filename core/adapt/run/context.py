@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from accelerate import Accelerator
     from datasets import DatasetDict
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
 StopKind = Literal["early-stopped", "pruned"]
 STOP_KINDS: tuple[str, ...] = get_args(StopKind)
+
 
 @dataclass
 class Run:
@@ -76,6 +79,10 @@ class Run:
     "pruned" (a sweep's pruner gave the trial up); None while it goes on."""
     _origins: ParameterOrigins | None = field(default=None, init=False, repr=False)
     """Recorded by the core when the head's model is loaded (see `parameter_origin`)."""
+    _collator: Callable[[], Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = field(
+        default=None, init=False, repr=False
+    )
+    """The head's collator, asked for by `training_batches` (the core sets it when it registers the plugins)."""
 
     def request_stop(self, reason: str, kind: StopKind = "early-stopped") -> None:
         """End training after the current optimizer step. The run then finishes as usual: a final evaluation (this
@@ -130,6 +137,26 @@ class Run:
     def _parameters_from(self, origin: Origin) -> dict[str, torch.nn.Parameter]:
         origins = self._loaded_origins()
         return {n: p for n, p in self.unwrapped_model.named_parameters() if origins.origin(n, p) == origin}
+
+    def training_batches(self, count: int, batch_size: int | None = None) -> list[dict[str, Any]]:
+        """`count` batches of `batch_size` (default `train.batch_size`) encoded training examples, drawn at random
+        without replacement (seeded by `train.seed`, so the same every time and on every process, and leaving the
+        run's random streams alone), padded by the head's collator, as plain dicts on the run's device: for a method
+        that initialises from data (LoRA's EVA). Fewer batches when the split is smaller. Call it from
+        `adapt_transform_model` on; the batches include the labels and per-example data (`adapt.model_inputs` takes
+        the latter out)."""
+        import random
+
+        from accelerate.utils import send_to_device
+
+        if self.encoded is None or self._collator is None:
+            raise RuntimeError("run.training_batches: the training data is encoded before adapt_transform_model")
+        split = self.encoded["train"]
+        size = batch_size or (self.recipe.train.batch_size if isinstance(self.recipe.train.batch_size, int) else 32)
+        order = random.Random(self.recipe.train.seed).sample(range(len(split)), min(len(split), count * size))
+        collate = self._collator()
+        batches = [collate([split[i] for i in order[start : start + size]]) for start in range(0, len(order), size)]
+        return [dict(send_to_device(batch, self.accelerator.device)) for batch in batches]
 
     @property
     def head_prefixes(self) -> tuple[str, ...]:
