@@ -58,6 +58,8 @@ INITS = {
     init: ("lora-sst2", None, {"methods.lora.init": f'"{init}"'})
     for init in ("default", "gaussian", "pissa", "olora", "eva", "corda")
 }
+# CorDA's statistics need per-token inputs; the pooler's dense layer reads the first token only
+INITS["corda"][2]["methods.lora.exclude_modules"] = '["pooler.dense"]'
 SFT = {
     "lora": ("lora-sst2-sft", None, {}),
     "ia3": ("lora-sst2-sft", IA3, {LR: 1e-2}),

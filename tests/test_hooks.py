@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from adapt import PluginError, PluginInfo, hookimpl
+from adapt import PluginError, PluginInfo, RecipeError, hookimpl
 from adapt.commands.cli import main
 from adapt.plugin.manager import HOOK_NAMES, Catalogue
 from adapt.recipe.loader import load_recipe
@@ -120,13 +120,26 @@ def test_exception_in_a_hook_names_plugin_and_hook(tiny_recipe):
     assert str(info.value) == "plugin 'exploding' failed in adapt_on_step_end: KeyError: 'missing'"
 
 
+class _Mismatched:
+    @hookimpl
+    def adapt_on_train_start(self, run):
+        import torch
+
+        torch.nn.functional.linear(torch.zeros(2, 3), torch.zeros(4, 5))  # torch raises deep inside
+
+
 def test_exception_deep_inside_a_library_is_attributed(tiny_recipe):
-    # LoRA asks PEFT to adapt a layer type it cannot (a LayerNorm): PEFT raises deep inside, lora is named
-    # (a target the model lacks is a recipe problem of its own now: tests/test_bad_input.py)
     with pytest.raises(PluginError) as info:
+        tiny_run(tiny_recipe, {"mismatched": _Mismatched()})
+    assert info.value.plugin == "mismatched"
+    assert info.value.hook == "adapt_on_train_start"
+
+
+def test_a_configuration_peft_refuses_is_a_recipe_problem_naming_the_method(tiny_recipe):
+    # LoRA asks PEFT to adapt a layer type it cannot (a LayerNorm); a target the model lacks: tests/test_bad_input.py
+    with pytest.raises(RecipeError) as info:
         tiny_run(tiny_recipe, {}, methods={"lora": {"target_modules": ["LayerNorm"]}})
-    assert info.value.plugin == "lora"
-    assert info.value.hook == "adapt_transform_model"
+    assert "methods.lora: PEFT cannot apply this configuration" in str(info.value) and "LayerNorm" in str(info.value)
 
 
 def test_cli_prints_plugin_error_without_traceback(tiny_recipe, capsys, monkeypatch):

@@ -36,6 +36,9 @@ def _pretrained_weights(tiny_bert_dir) -> dict[str, torch.Tensor]:
         ({"init": "olora"}, 8),
         ({"init": "corda", "init_examples": 16}, 8),
         ({"init": "eva", "init_examples": 16, "eva_rho": 1.0}, 4),
+        # "dense" includes the pooler's, which reads one row per example (no sequence dimension)
+        ({"init": "eva", "init_examples": 16, "eva_rho": 1.0, "target_modules": ["query", "dense"]}, 4),
+        ({"init": "corda", "init_examples": 16, "target_modules": ["query", "dense"], "exclude_modules": ["pooler.dense"]}, 8),  # noqa: E501
         ({"init": "gaussian"}, 4),
         ({"init": "orthogonal"}, 4),
     ],
@@ -155,3 +158,17 @@ def test_an_initialisation_that_rewrites_the_base_is_refused_on_a_quantised_base
     assert main(["run", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "methods.lora.init = 'pissa'" in err and "[methods.int8]" in err
+
+
+def test_check_builds_a_data_initialised_model_without_tokenising(tiny_recipe, capsys):
+    recipe = tiny_recipe(methods={"lora": {**LORA, "init": "eva", "init_examples": 16}})
+    assert main(["check", str(recipe)]) == 0
+    captured = capsys.readouterr()
+    assert "reads the training data when a run starts" in captured.err and "lora" in captured.out
+
+
+def test_corda_names_the_layers_whose_inputs_are_not_per_token(tiny_recipe, capsys):
+    lora = {**LORA, "init": "corda", "init_examples": 4, "target_modules": ["query", "dense"]}
+    assert main(["run", str(tiny_recipe(methods={"lora": lora}))]) == 2
+    err = capsys.readouterr().err
+    assert "bert.pooler.dense reads one row per example" in err and 'exclude_modules = ["bert.pooler.dense"]' in err

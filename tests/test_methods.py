@@ -281,7 +281,8 @@ def test_quantised_base_with_lora_trains_on_cpu(train_tiny, restore_tiny, sample
     [
         (
             ["int8"],
-            "'int8' needs one of adapters, head-only, lora beside it ([methods.adapters]): a method that trains while "
+            "'int8' needs one of adapters, head-only, lora, peft beside it ([methods.adapters]): a method that trains "
+            "while "
             "every pretrained weight stays frozen",
         ),
         (["full", "int8"], "'full' cannot be combined with 'int8': 8-bit weights cannot be trained"),

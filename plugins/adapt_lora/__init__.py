@@ -30,6 +30,8 @@ class LoraTable(Table):
     """Dropout on the LoRA path's input (0 keeps the fused layer)."""
     target_modules: list[str] | Literal["all-linear"] = ["query", "value"]
     """Module names (suffixes) to adapt, or "all-linear" for every linear layer but the output one."""
+    exclude_modules: list[str] = []
+    """Module names (suffixes) never to adapt, even where target_modules matches them (e.g. "pooler.dense")."""
     target_parameters: list[str] = []
     """Parameters (not modules) to adapt by name suffix, e.g. a mixture-of-experts layer's stacked expert weights
     ("experts.gate_up_proj"); beside or instead of target_modules."""
@@ -108,6 +110,9 @@ def lora_config(run: Run):
         init = f"pissa_niter_{table.pissa_niter}"
     if run.planning:  # shapes only: no SVD or data pass on meta tensors
         init = True
+    elif table.init in FROM_DATA and run.encoded is None:  # adapt check encodes no data: the shapes, as planned
+        run.note(f"methods.lora.init = {table.init!r} reads the training data when a run starts; here LoRA's default")
+        init = True
     extra: dict[str, Any] = {}
     if init == "eva":
         from peft import EvaConfig
@@ -124,6 +129,7 @@ def lora_config(run: Run):
         lora_alpha=table.alpha,
         lora_dropout=table.dropout,
         target_modules=table.target_modules or None,
+        exclude_modules=table.exclude_modules or None,
         target_parameters=table.target_parameters or None,
         layers_to_transform=table.layers_to_transform,
         layers_pattern=table.layers_pattern,

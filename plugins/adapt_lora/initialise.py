@@ -56,7 +56,9 @@ def eva(run: Run, examples: int) -> None:
 
     def layer_rows(layer_input, model_input, layer_name):
         rows = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
-        if rows.dim() == 3 and rows.shape[1] == 1:  # a block trimmed to the first token (task.trim_top_block)
+        if rows.dim() == 2:  # one row per example already (a pooler's dense layer reads the first token)
+            return rows
+        if rows.shape[1] == 1:  # a block trimmed to the first token (task.trim_top_block)
             return rows[:, 0].contiguous()
         return token_rows(rows, model_input, layer_name)
 
@@ -80,7 +82,31 @@ def corda_statistics(run: Run, config: Any, examples: int) -> None:
             run.model(**batch)
 
     with _reading_data(run.model):
+        _refuse_layers_without_tokens(run.model, config, batches[0])
         preprocess_corda(run.model, config, run_model=forward)
+
+
+def _refuse_layers_without_tokens(model: torch.nn.Module, config: Any, batch: dict[str, Any]) -> None:
+    """CorDA's statistics take each target layer's input as (tokens, features) of one example: a layer that reads one
+    row per example (a pooler's dense layer reads the first token) would give it a vector and fail deep in PEFT."""
+    from peft.tuners.lora.corda import target_modules
+
+    flat: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, name=name: flat.append(name) if args[0].dim() < 3 else None)
+        for name, module in target_modules(model, config)
+    ]
+    try:
+        model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if flat:
+        names = sorted(set(flat))
+        raise RecipeError(
+            f"methods.lora.init = 'corda' needs per-token inputs, and {', '.join(names)} reads one row per example: "
+            f"add it to methods.lora.exclude_modules (e.g. exclude_modules = {json.dumps(names)})"
+        )
 
 
 def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
