@@ -185,7 +185,7 @@ class Lora:
             raise RecipeError(f"methods.lora: PEFT cannot apply this configuration to the model: {exc}") from None
         if config.init_lora_weights == "eva":
             initialise.eva(run, table.init_examples or INIT_EXAMPLES)
-        if table.init in MOVES_BASE_WEIGHTS and not run.planning:
+        if str(config.init_lora_weights).startswith(MOVES_BASE_WEIGHTS):  # as applied: not on meta, nor in check
             self.initial = initialise.adapter_tensors(run.unwrapped_model)
         _fuse(run)
 

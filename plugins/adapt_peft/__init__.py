@@ -90,9 +90,8 @@ class Peft:
         options = table.options
         if "modules_to_save" in settable_fields(config_class) and run.head_modules:
             options["modules_to_save"] = [*run.head_modules, *(options.get("modules_to_save") or [])]
-        config = config_class(task_type=run.task_type, **options)
         try:
-            run.model = get_peft_model(run.model, config)
+            run.model = get_peft_model(run.model, config_class(task_type=run.task_type, **options))
             _check_prefix_support(run.model)
         except (ValueError, TypeError, NotImplementedError) as exc:  # PEFT's checks of the config against the model
             raise RecipeError(f"methods.peft: PEFT cannot apply {table.method} to this model: {exc}") from None
@@ -114,11 +113,12 @@ class Peft:
         where PEFT can fold it (not for prompt, prefix or p-tuning, whose virtual tokens are inputs)."""
         if not merge:
             return
-        model = run.unwrapped_model
-        if model.peft_config[model.active_adapter].is_prompt_learning or not hasattr(model, "merge_and_unload"):
-            method = run.table(PeftTable).method
+        model, method = run.unwrapped_model, run.table(PeftTable).method
+        if model.peft_config[model.active_adapter].is_prompt_learning:
             raise RecipeError(
                 f"adapt export --merge: {method} adds virtual tokens to the inputs, which no weight of the base can "
                 "hold; export without --merge (PEFT's adapter folder)"
             )
+        if not hasattr(model, "merge_and_unload"):
+            raise RecipeError(f"adapt export --merge: PEFT cannot merge {method}; export without --merge")
         run.model = model.merge_and_unload()
