@@ -73,7 +73,7 @@ def test_a_peft_method_on_a_causal_lm_trains_and_generates(
         data={"train_file": str(toy_sft["train"]), "eval_file": str(toy_sft["eval"])},
         task={"head": "causal-lm", "max_new_tokens": 3},
         methods={"peft": {"method": method, **options.get(method, {"num_virtual_tokens": 4})}},
-        train={"epochs": 3, "learning_rate": 1e-2},
+        train={"epochs": 2, "learning_rate": 1e-2},
     )
     assert main(["run", str(recipe)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

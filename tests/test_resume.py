@@ -65,8 +65,6 @@ CASES = {
     "full": ({"full": {}}, {"learning_rate": 1e-3}, (4, 22)),
     "int8-lora": ({"int8": {}, **LORA}, {}, (4, 22)),
     "dora": ({"lora": {**LORA["lora"], "use_dora": True}}, {}, (4, 22)),
-    # initialised again on resume (the SVD is deterministic), then the checkpoint restored
-    "lora-pissa": ({"lora": {**LORA["lora"], "init": "pissa"}}, {}, (4, 22)),
     "ia3": ({"peft": {"method": "ia3", "target_modules": ["key", "value"], "feedforward_modules": []}}, {}, (4, 22)),
     "prompt-tuning": ({"peft": {"method": "prompt_tuning", "num_virtual_tokens": 4}}, {}, (4, 22)),
     # the checkpoint carries the 8-bit optimizer state (and its quantisation scales)
