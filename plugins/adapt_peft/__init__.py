@@ -83,10 +83,10 @@ class Peft:
     def adapt_transform_model(self, run: Run) -> None:
         from peft import get_peft_model
 
-        from adapt_peft.options import check_options, settable_fields
+        from adapt_peft.options import config_class_of, settable_fields
 
-        table = run.table(PeftTable)
-        config_class = check_options(table.method, table.options)
+        table = run.table(PeftTable)  # validated with the recipe: its method and options are PEFT's
+        config_class = config_class_of(table.method)
         options = table.options
         if "modules_to_save" in settable_fields(config_class) and run.head_modules:
             options["modules_to_save"] = [*run.head_modules, *(options.get("modules_to_save") or [])]

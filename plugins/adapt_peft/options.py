@@ -48,6 +48,11 @@ def method_name(text: str) -> str:
     return text.strip().lower().replace("-", "_").replace("³", "3")
 
 
+def config_class_of(method: str) -> type:
+    """The config class of a method the recipe's validation (`check_options`) already accepted."""
+    return runnable_methods()[method_name(method)]
+
+
 @cache
 def _hints(config_class: type) -> dict[str, Any]:
     return typing.get_type_hints(config_class)
