@@ -389,7 +389,7 @@ def test_a_resume_from_no_checkpoint_and_a_predict_of_nothing_are_bad_input(tiny
     assert "is not a complete checkpoint" in capsys.readouterr().err
     run, _, _ = train_tiny(output={"overwrite": True})
     assert main(["predict", str(run.output_dir)]) == 2
-    assert "give one or more TEXT arguments or --file FILE" in capsys.readouterr().err
+    assert "give one or more TEXT arguments, --question with --context, or --file FILE" in capsys.readouterr().err
 
 
 def test_a_plan_from_json_that_is_no_model_config_is_one_message(tiny_recipe, tmp_path, capsys):

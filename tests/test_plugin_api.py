@@ -166,7 +166,7 @@ def test_every_option_of_every_built_in_plugin_is_described():
         for option in table_options(entry.info.table)
         if not option["description"]
     ]
-    assert not undescribed and len(catalogue.entries) == 21
+    assert not undescribed and len(catalogue.entries) == 22
 
 
 def test_plugins_name_prints_the_plugins_options(capsys):
@@ -362,7 +362,7 @@ def test_metric_names_are_known_before_the_first_training_step(run_recipe, tiny_
     assert names["start"] == ["accuracy", "macro_f1", "loss"] == list(trained.summary["eval"])
 
 
-@pytest.mark.parametrize("head", ["multi-label", "regression", "token-classification", "causal-lm"])
+@pytest.mark.parametrize("head", ["multi-label", "regression", "token-classification", "causal-lm", "extractive-qa"])
 def test_every_built_in_heads_metrics_name_what_they_compute(head):
     from adapt.plugin.manager import Catalogue
 

@@ -62,7 +62,7 @@ def test_unknown_head_lists_installed_heads(tiny_recipe, catalogue):
     problems = problems_of(tiny_recipe(task={"head": "regresion"}), catalogue)
     assert problems == [
         "task.head: no head plugin named 'regresion'; did you mean 'regression'? installed heads: causal-lm, "
-        "multi-label, regression, sequence-classification, token-classification (see `adapt plugins`)"
+        "extractive-qa, multi-label, regression, sequence-classification, token-classification (see `adapt plugins`)"
     ]
 
 
@@ -70,7 +70,8 @@ def test_plugin_of_the_wrong_kind(tiny_recipe, catalogue):
     problems = problems_of(tiny_recipe(task={"head": "lora"}), catalogue)
     assert problems == [
         "task.head: 'lora' is a method plugin, not a head; "
-        "installed heads: causal-lm, multi-label, regression, sequence-classification, token-classification"
+        "installed heads: causal-lm, extractive-qa, multi-label, regression, sequence-classification, "
+        "token-classification"
     ]
 
 

@@ -96,17 +96,35 @@ def test_killed_run_resumes_exactly(case, tiny_recipe, tmp_path, adapt_with_cras
     assert_same_run(tmp_path / "reference", run_dir, where)
 
 
-def test_killed_between_micro_batches_resumes_exactly(tiny_recipe, tmp_path, adapt_with_crash):
-    """grad_accum_steps = 2: killed after the first micro-batch of a step had gone backward."""
-    step = RNG.randint(3, 11)
-    recipe = str(tiny_recipe(train={"grad_accum_steps": 2, "checkpoint_every": 2}))
-    where = f"killed during the second micro-batch of step {step}"
+def kill_resume_and_compare(recipe: str, crash: str, tmp_path: Path, adapt_with_crash, where: str) -> None:
+    """A reference run in-process, the same run killed (-9) where `crash` says, resumed: bit for bit the reference."""
     assert main(["run", recipe, "--set", f"output.dir={json.dumps(str(tmp_path / 'reference'))}"]) == 0
-    killed = adapt_with_crash("run", recipe, "--set", f"plugins.crash.micro_batch={2 * step}")
+    killed = adapt_with_crash("run", recipe, "--set", crash)
     assert killed.returncode == -9, f"{where}: {killed.stderr[-2000:]}"
     resumed = adapt_with_crash("run", recipe, "--resume")
     assert resumed.returncode == 0, f"{where}: {resumed.stderr[-3000:]}"
     assert_same_run(tmp_path / "reference", tmp_path / "run", where)
+
+
+def test_killed_extractive_qa_run_resumes_exactly(tiny_recipe, toy_qa, tmp_path, adapt_with_crash):
+    """Windows of one question spread over batches; the eval's per-question spans are merged like any metric."""
+    step = RNG.randint(4, 20)
+    recipe = str(tiny_recipe(
+        data={"train_file": str(toy_qa["train"]), "eval_file": str(toy_qa["eval"])},
+        task={"head": "extractive-qa", "doc_stride": 8, "allow_no_answer": True},
+        methods=LORA,
+        train={"epochs": 1, "checkpoint_every": 3, "eval_every": 7},
+    ))
+    kill_resume_and_compare(recipe, f"plugins.crash.step={step}", tmp_path, adapt_with_crash,
+                            f"extractive-qa killed after step {step}")
+
+
+def test_killed_between_micro_batches_resumes_exactly(tiny_recipe, tmp_path, adapt_with_crash):
+    """grad_accum_steps = 2: killed after the first micro-batch of a step had gone backward."""
+    step = RNG.randint(3, 11)
+    recipe = str(tiny_recipe(train={"grad_accum_steps": 2, "checkpoint_every": 2}))
+    kill_resume_and_compare(recipe, f"plugins.crash.micro_batch={2 * step}", tmp_path, adapt_with_crash,
+                            f"killed during the second micro-batch of step {step}")
 
 
 def test_two_processes_killed_and_resumed_with_two(tiny_recipe, tmp_path, adapt_with_crash):

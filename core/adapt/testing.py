@@ -7,7 +7,8 @@ to any test suite; nothing heavy is imported until a fixture is used.
   saved like hub checkpoints, with a word-level tokenizer over the toy vocabulary; they train in milliseconds.
 - `toy`: that vocabulary and `toy.rows(n, seed)`, sentences labelled 1 when a positive word occurs.
 - `toy_data` (sequence classification), `toy_ner` (token classification), `toy_regression`, `toy_multi_label`,
-  `toy_sft` (causal LM): {"train": Path, "eval": Path}, small sets that each head learns in a few epochs.
+  `toy_qa` (extractive QA), `toy_sft` (causal LM): {"train": Path, "eval": Path}, small sets that each head learns
+  in a few epochs.
 - `tiny_recipe`: writes a recipe for the tiny BERT and the toy sequence-classification set (LoRA, 2 epochs,
   fp32) with your changes merged per table, and returns its path; `tiny_recipe.dict(...)` returns the dict.
 - `run_recipe(recipe, plugins={"name": obj}, overrides=[...])`: trains in-process, exactly as `adapt run`,
@@ -194,6 +195,32 @@ def toy_multi_label(tmp_path_factory) -> dict[str, Path]:
     return _splits(
         tmp_path_factory.mktemp("toy-multi-label"), ".jsonl", lambda p, n, s: write_jsonl(p, multi_label_rows(n, s))
     )
+
+
+def qa_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """The question "good" about a context of 20-60 filler words with a negative word in it and, three times in
+    four, a positive one: the answer is the positive word, in SQuAD's form (none without one)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.choices(FILLER, k=rng.randint(20, 60))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(BAD))
+        answer = rng.choice(GOOD) if i % 4 else None
+        if answer is not None:
+            words.insert(rng.randrange(len(words) + 1), answer)
+        context = " ".join(words)
+        answers = {"text": [], "answer_start": []}
+        if answer is not None:
+            answers = {"text": [answer], "answer_start": [f" {context} ".index(f" {answer} ")]}
+        rows.append({"question": "good", "context": context, "answers": answers})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def toy_qa(tmp_path_factory) -> dict[str, Path]:
+    """Extractive QA: JSON lines of `question`, `context` (longer than the tiny models' windows) and `answers`
+    in SQuAD's form; one question in four has no answer."""
+    return _splits(tmp_path_factory.mktemp("toy-qa"), ".jsonl", lambda p, n, s: write_jsonl(p, qa_rows(n, s)))
 
 
 @pytest.fixture(scope="session")

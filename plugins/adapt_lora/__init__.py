@@ -140,7 +140,7 @@ def lora_config(run: Run):
         use_rslora=table.use_rslora,
         use_dora=table.use_dora,
         modules_to_save=[*run.head_modules, *table.modules_to_save] or None,
-        task_type=run.task_type,
+        task_type=run.peft_task_type(),
         # GPT-2's Conv1D layers store weights transposed; PEFT would otherwise warn and switch per layer
         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in run.model.modules()),
         **extra,

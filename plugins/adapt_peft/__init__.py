@@ -81,7 +81,7 @@ class Peft:
 
     @hookimpl
     def adapt_transform_model(self, run: Run) -> None:
-        from peft import get_peft_model
+        from peft import PromptLearningConfig, get_peft_model
 
         from adapt_peft.options import config_class_of, settable_fields
 
@@ -91,7 +91,8 @@ class Peft:
         if "modules_to_save" in settable_fields(config_class) and run.head_modules:
             options["modules_to_save"] = [*run.head_modules, *(options.get("modules_to_save") or [])]
         try:
-            run.model = get_peft_model(run.model, config_class(task_type=run.task_type, **options))
+            task_type = run.peft_task_type(prompt_learning=issubclass(config_class, PromptLearningConfig))
+            run.model = get_peft_model(run.model, config_class(task_type=task_type, **options))
             _check_prefix_support(run.model)
         except (ValueError, TypeError, NotImplementedError) as exc:  # PEFT's checks of the config against the model
             raise RecipeError(f"methods.peft: PEFT cannot apply {table.method} to this model: {exc}") from None

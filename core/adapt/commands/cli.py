@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("predict", "predict with a finished run: labels with scores, tags per word, generated text", *run_dir)
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to predict for")
     _trust_option(p)
+    p.add_argument("--question", help="a question to answer from --context (extractive-qa runs)")
+    p.add_argument("--context", help="the text that holds --question's answer")
     p.add_argument(
         "--file", help="a .jsonl/.csv/.tsv/.parquet file with the columns of the recipe's data (preprocessed alike)"
     )

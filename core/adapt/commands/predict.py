@@ -20,19 +20,22 @@ def predict_run(
     overrides: Sequence[str] = (),
     trust_preprocess: bool = False,
     trust_remote_code: bool = False,
+    given_rows: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """The head's predictions for each TEXT (a row {"text": TEXT}), then for each row of `file`, which has
-    the columns of the recipe's data and goes through its `data.preprocess` like them."""
-    if not texts and file is None:
-        raise UsageError("predict: give one or more TEXT arguments or --file FILE")
+    """The head's predictions for each TEXT (a row {"text": TEXT}), then for each of `given_rows` (rows the command
+    line spelt out, such as {"question": Q, "context": C}), then for each row of `file`, which has the columns of the
+    recipe's data and goes through its `data.preprocess` like them."""
+    if not texts and not given_rows and file is None:
+        raise UsageError("predict: give one or more TEXT arguments, --question with --context, or --file FILE")
     run, hooks = open_run(
         run_dir, catalogue, overrides, splits=None,
         trust_preprocess=trust_preprocess,
         trust_remote_code=trust_remote_code,
     )
-    rows: list[dict[str, Any]] = [{"text": text} for text in texts]
+    rows: list[dict[str, Any]] = [{"text": text} for text in texts] + list(given_rows)
     if file is not None:
-        rows.extend(preprocess(load_file(file, "--file"), run.recipe.data.preprocess).to_list())
+        data = run.recipe.data
+        rows.extend(preprocess(load_file(file, "--file"), data.preprocess, data.preprocess_batched).to_list())
     predictions = hooks.predict(run=run, rows=rows)
     if len(predictions) != len(rows):
         raise AdaptError(f"the head '{run.recipe.head}' returned {len(predictions)} predictions for {len(rows)} rows")

@@ -9,6 +9,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from adapt.commands.console import quiet_libraries, short, stdout
+from adapt.errors import UsageError
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -44,6 +45,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from adapt.commands.predict import predict_run
     from adapt.plugin.manager import Catalogue
 
+    if (args.question is None) != (args.context is None):
+        raise UsageError("predict: --question and --context go together: the question, and the text holding its answer")
+    given = [] if args.question is None else [{"question": args.question, "context": args.context}]
     quiet_libraries()
     predictions = predict_run(
         Path(args.run_dir),
@@ -53,6 +57,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.overrides,
         trust_preprocess=args.trust_preprocess,
         trust_remote_code=args.trust_remote_code,
+        given_rows=given,
     )
     for prediction in predictions:
         if args.json:

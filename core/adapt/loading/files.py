@@ -66,21 +66,41 @@ def preprocess_function(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]
     return function
 
 
-def preprocess(dataset: Any, spec: str | None) -> Any:
+def preprocess(dataset: Any, spec: str | None, batched: bool = False) -> Any:
+    """`dataset` (a Dataset or DatasetDict) through the `data.preprocess` function `spec`: row by row, its result
+    added to each row; or `batched` (`data.preprocess_batched`), batches of rows in, the result's rows out."""
     if spec is None:
         return dataset
     function = preprocess_function(spec)
 
-    def apply(row: dict[str, Any]) -> dict[str, Any]:
+    def apply(rows: dict[str, Any]) -> dict[str, Any]:
         try:
-            result = function(row)
+            result = function(rows)
         except Exception as exc:  # noqa: BLE001
-            raise DataError(f"data.preprocess: {spec} failed on row {row}: {type(exc).__name__}: {exc}") from None
+            where = "a batch of rows" if batched else f"row {rows}"
+            raise DataError(f"data.preprocess: {spec} failed on {where}: {type(exc).__name__}: {exc}") from None
         if not isinstance(result, dict):
             raise DataError(f"data.preprocess: {spec} must return a dict of columns, returned {type(result).__name__}")
+        if batched:
+            lengths = {column: len(values) if isinstance(values, list) else None for column, values in result.items()}
+            if None in lengths.values() or len(set(lengths.values())) > 1:
+                raise DataError(
+                    f"data.preprocess: {spec} is batched (data.preprocess_batched), so it must return a dict of "
+                    f"equally long lists, one per column; it returned lengths {lengths}"
+                )
         return result
 
-    return dataset.map(apply, desc="preprocessing")
+    if not batched:
+        return dataset.map(apply, desc="preprocessing")
+    from datasets import DatasetDict
+
+    columns = dataset.column_names
+    if isinstance(dataset, DatasetDict):  # {split: columns}: each split drops its own raw columns
+        return DatasetDict(
+            {name: split.map(apply, batched=True, remove_columns=columns[name], desc="preprocessing")
+             for name, split in dataset.items()}
+        )
+    return dataset.map(apply, batched=True, remove_columns=columns, desc="preprocessing")
 
 
 def read_data_file(path: str | None, key: str) -> Any:

@@ -31,7 +31,7 @@ def load_splits(section: DataSection, seed: int, train: bool = True) -> Any:
     if section.max_eval_samples is not None and section.max_eval_samples < len(evaluation):
         evaluation = evaluation.select(range(section.max_eval_samples))
     splits["eval"] = evaluation
-    return preprocess(DatasetDict(splits), section.preprocess)
+    return preprocess(DatasetDict(splits), section.preprocess, section.preprocess_batched)
 
 
 def _cached_hub_dataset(section: DataSection) -> Any:

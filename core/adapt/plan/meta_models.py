@@ -109,3 +109,19 @@ def check_model_config(file: Path) -> None:
     if kind not in CONFIG_MAPPING:
         what = f"its model_type {kind!r} is not one transformers knows" if kind else "it has no model_type"
         raise DataError(f"--model-config: '{file}' is not a transformers model config: {what}")
+
+
+def made_up_labels(run, ids) -> dict[str, Any]:
+    """Labels for a batch made up without data, by the head's task type."""
+    import torch
+
+    rows, length = ids.shape
+    per_row = torch.zeros(rows, dtype=torch.long)
+    problem = getattr(getattr(run.model, "config", None), "problem_type", None)
+    if problem in ("multi_label_classification", "regression"):
+        return {"labels": torch.zeros(rows, run.model.config.num_labels)}
+    return {
+        "CAUSAL_LM": {"labels": ids.clone()},
+        "TOKEN_CLS": {"labels": torch.zeros(rows, length, dtype=torch.long)},
+        "QUESTION_ANS": {"start_positions": per_row, "end_positions": per_row},
+    }.get(run.task_type, {"labels": per_row})

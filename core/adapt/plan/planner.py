@@ -19,7 +19,7 @@ from adapt.errors import DataError
 from adapt.model.inference import model_inputs
 from adapt.plan.device import Device, GiB, gib_text, parse_device
 from adapt.plan.footprint import quantised_weight_bytes
-from adapt.plan.meta_models import check_model_config
+from adapt.plan.meta_models import check_model_config, made_up_labels
 from adapt.recipe.loader import Recipe
 
 # On a CPU the measured peak is the process's resident memory, not the live tensors: glibc keeps the pages of
@@ -399,22 +399,7 @@ def _largest_batch(run, hooks, notes: list[str], rows: int):
     else:
         length = max_length
         ids = torch.zeros(rows, length, dtype=torch.long)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **_labels(run, ids)}
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **made_up_labels(run, ids)}
         source = "data.max_length"
     meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return meta, length, source
-
-
-def _labels(run, ids) -> dict[str, Any]:
-    """Labels for a batch made up without data, by the head's task type."""
-    import torch
-
-    rows, length = ids.shape
-    if run.task_type == "CAUSAL_LM":
-        return {"labels": ids.clone()}
-    if run.task_type == "TOKEN_CLS":
-        return {"labels": torch.zeros(rows, length, dtype=torch.long)}
-    config = getattr(run.model, "config", None)
-    if getattr(config, "problem_type", None) in ("multi_label_classification", "regression"):
-        return {"labels": torch.zeros(rows, getattr(config, "num_labels", 1))}
-    return {"labels": torch.zeros(rows, dtype=torch.long)}

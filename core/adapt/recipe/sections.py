@@ -60,6 +60,10 @@ class DataSection(Table):
     preprocess: PathText | None = None
     """"FILE.py:FUNCTION" (FILE relative to the working directory): called on every raw row, before the head encodes
     it, returning a dict of columns to add or replace (derive a label, build a prompt)."""
+    preprocess_batched: bool = False
+    """`data.preprocess` gets the raw rows 1,000 at a time in file order, as {column: [values]}, and returns the
+    columns of as many new rows as it likes (neighbouring rows joined, one row made into several questions); the
+    raw columns are dropped. Train rows are in file order only without max_train_samples (which shuffles)."""
 
     @field_validator("preprocess")
     @classmethod
@@ -70,6 +74,8 @@ class DataSection(Table):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
+        if self.preprocess_batched and self.preprocess is None:
+            raise ValueError("preprocess_batched is set but no 'preprocess' function is named")
         has_files = self.train_file is not None or self.eval_file is not None
         if self.dataset is None and not has_files:
             raise ValueError("set either 'dataset' (a hub id or folder) or 'train_file' and 'eval_file'")

@@ -138,6 +138,16 @@ class Run:
         origins = self._loaded_origins()
         return {n: p for n, p in self.unwrapped_model.named_parameters() if origins.origin(n, p) == origin}
 
+    def peft_task_type(self, prompt_learning: bool = False) -> str | None:
+        """The task type for a PEFT config built for this run: `task_type`, except for question answering outside
+        prompt learning, where it is None (a plain `PeftModel`). PeftModelForQuestionAnswering's forward drops
+        `token_type_ids` and `position_ids` unless the method is prompt learning (PEFT 0.21), so a BERT-style QA
+        model would train without its segment ids and differ from its merged export; a plain PeftModel passes every
+        input on, and reloads with `PeftModel.from_pretrained` as the same."""
+        if self.task_type == "QUESTION_ANS" and not prompt_learning:
+            return None
+        return self.task_type
+
     def training_batches(self, count: int, batch_size: int | None = None) -> list[dict[str, Any]]:
         """`count` batches of `batch_size` (default `train.batch_size`) encoded training examples, drawn at random
         without replacement (seeded by `train.seed`, so the same every time and on every process, and leaving the

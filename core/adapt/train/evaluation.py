@@ -95,7 +95,9 @@ def evaluate_run(
         trust_remote_code=trust_remote_code,
     )
     if data_file:
-        run.dataset = preprocess(DatasetDict(eval=load_file(data_file, "--data")), run.recipe.data.preprocess)
+        data = run.recipe.data
+        given = DatasetDict(eval=load_file(data_file, "--data"))
+        run.dataset = preprocess(given, data.preprocess, data.preprocess_batched)
     run.encoded = hooks.encode(run=run, dataset=run.dataset).with_format(None)
     cfg = run.recipe.train
     evaluator = Evaluator(
