@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from adapt import WINDOW_OF, AdaptError, DataError, Head, Run, Table
+from adapt import WINDOW_OF, DataError, Head, RecipeError, Run, Table
 from adapt_extractive_qa.metrics import QuestionAnsweringMetrics
 from adapt_extractive_qa.questions import canonical_questions
 from adapt_extractive_qa.spans import Span, best_span, better, choose, null_score
@@ -75,7 +75,7 @@ class ExtractiveQuestionAnswering(Head):
 
     def _window_options(self, run: Run) -> dict[str, Any]:
         if not getattr(run.tokenizer, "is_fast", False):
-            raise AdaptError(
+            raise RecipeError(
                 f"head 'extractive-qa': model.name '{run.recipe.model.name}' has no fast tokenizer, and mapping "
                 "answers to characters needs its offsets; use a model with a tokenizer.json"
             )
@@ -99,6 +99,9 @@ class ExtractiveQuestionAnswering(Head):
         return WindowCollator(run.tokenizer)
 
     def references(self, run: Run) -> tuple[list[str], list[list[str]]]:
+        """The eval questions' contexts and gold answer texts (none where a command loaded no data)."""
+        if run.dataset is None or "eval" not in run.dataset:
+            return [], []
         questions = self.questions(run, run.dataset["eval"], "eval")
         return questions["context"], questions["answer_texts"]
 
