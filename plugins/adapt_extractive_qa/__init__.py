@@ -17,7 +17,7 @@ from pydantic import Field
 from adapt import WINDOW_OF, DataError, Head, RecipeError, Run, Table
 from adapt_extractive_qa.metrics import QuestionAnsweringMetrics
 from adapt_extractive_qa.questions import canonical_questions
-from adapt_extractive_qa.spans import Span, best_span, better, choose, null_score
+from adapt_extractive_qa.spans import Span, better, choose, read_window
 from adapt_extractive_qa.windows import CHAR_END, CHAR_START, encode_windows
 
 
@@ -93,6 +93,8 @@ class ExtractiveQuestionAnswering(Head):
                 encode_windows, batched=True, with_indices=True, remove_columns=questions.column_names,
                 fn_kwargs=options, desc="windowing",
             )
+        if "train" in encoded:  # only the eval's metrics read which question a window is of and its characters
+            encoded["train"] = encoded["train"].remove_columns([WINDOW_OF, CHAR_START, CHAR_END])
         return DatasetDict(encoded)
 
     def collator(self, run: Run) -> Any:
@@ -150,10 +152,10 @@ class ExtractiveQuestionAnswering(Head):
         for window, feature in zip(logits, features, strict=True):
             starts, ends = window[:, 0], window[:, 1]
             char_start, char_end = torch.tensor(feature[CHAR_START]), torch.tensor(feature[CHAR_END])
-            found = best_span(
+            found, window_null = read_window(
                 starts, ends, char_start, char_end, n_best=table.n_best, max_answer_length=table.max_answer_length
             )
-            span, null = better(span, found), min(null, null_score(starts, ends))
+            span, null = better(span, found), min(null, window_null)
         chosen = choose(span, null, table.allow_no_answer, table.null_score_threshold)
         if chosen is None:
             return {"question": question, "answer": "", "start": None, "end": None, "score": round(null, 4)}

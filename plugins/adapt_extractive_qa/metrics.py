@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapt import WINDOW_OF
-from adapt_extractive_qa.spans import Span, best_span, better, choose, null_score
+from adapt_extractive_qa.spans import Span, better, choose, read_window
 from adapt_extractive_qa.windows import CHAR_END, CHAR_START
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -75,11 +75,11 @@ class QuestionAnsweringMetrics:
         starts, ends = outputs.start_logits.cpu(), outputs.end_logits.cpu()
         char_start, char_end = batch[CHAR_START].cpu(), batch[CHAR_END].cpu()
         for window, row in enumerate(batch[WINDOW_OF].tolist()):
-            span = best_span(
+            span, null = read_window(
                 starts[window], ends[window], char_start[window], char_end[window],
                 n_best=self.n_best, max_answer_length=self.max_answer_length,
             )
-            self._add(row, span, null_score(starts[window], ends[window]))
+            self._add(row, span, null)
 
     def _add(self, row: int, span: Span | None, null: float) -> None:
         self.spans[row] = better(self.spans.get(row), span)

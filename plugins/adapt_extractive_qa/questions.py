@@ -61,7 +61,7 @@ def canonical_questions(split: Any, name: str, table: Table) -> Any:
                     f"task.{key}_column: row {row} of the {where} has no {key} ('{keys[key]}' is {value!r}); "
                     "give a non-empty text"
                 )
-        if table.answer_start_column and not is_squad_file(split):
+        if "starts" in given:  # answer text beside a start column (never in a SQuAD file)
             texts, starts = _text_and_start(given["answers"][index], given["starts"][index], row, where, table)
         else:
             texts, starts = _squad_answers(given["answers"][index], row, where, keys["answers"])

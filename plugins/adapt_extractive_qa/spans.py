@@ -47,6 +47,22 @@ def best_span(
     return Span(float(scores.view(-1)[best]), int(char_start[first]), int(char_end[last]))
 
 
+def read_window(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    char_start: torch.Tensor,
+    char_end: torch.Tensor,
+    *,
+    n_best: int,
+    max_answer_length: int,
+) -> tuple[Span | None, float]:
+    """One window's best span and its no-answer score: what a question's windows are compared on."""
+    span = best_span(
+        start_logits, end_logits, char_start, char_end, n_best=n_best, max_answer_length=max_answer_length
+    )
+    return span, null_score(start_logits, end_logits)
+
+
 def null_score(start_logits: torch.Tensor, end_logits: torch.Tensor) -> float:
     """The window's score for "no answer here": both ends on the no-answer position."""
     return float(start_logits[NULL_POSITION].float() + end_logits[NULL_POSITION].float())
