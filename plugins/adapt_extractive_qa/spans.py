@@ -47,20 +47,10 @@ def best_span(
     return Span(float(scores.view(-1)[best]), int(char_start[first]), int(char_end[last]))
 
 
-def read_window(
-    start_logits: torch.Tensor,
-    end_logits: torch.Tensor,
-    char_start: torch.Tensor,
-    char_end: torch.Tensor,
-    *,
-    n_best: int,
-    max_answer_length: int,
-) -> tuple[Span | None, float]:
-    """One window's best span and its no-answer score: what a question's windows are compared on."""
-    span = best_span(
-        start_logits, end_logits, char_start, char_end, n_best=n_best, max_answer_length=max_answer_length
-    )
-    return span, null_score(start_logits, end_logits)
+def read_window(start_logits: torch.Tensor, end_logits: torch.Tensor, *chars: torch.Tensor, **decoding: int):
+    """One window's best span (`best_span` of its character spans and `decoding` options) and its no-answer score:
+    what a question's windows are compared on."""
+    return best_span(start_logits, end_logits, *chars, **decoding), null_score(start_logits, end_logits)
 
 
 def null_score(start_logits: torch.Tensor, end_logits: torch.Tensor) -> float:
